@@ -1,0 +1,303 @@
+"""The epoch loop: train on the subset A, evaluate, ask the sampling policy (PAPER.md "Steps").
+
+    trainer = Trainer(cfg, load_dataset(cfg.dataset, cfg.data_dir))
+    for metrics in trainer:          # one dict per epoch, METRICS keys
+        save_checkpoint(trainer.state_dict(), path)
+
+Performance by design: the split is moved to the device once as uint8; an epoch is a device
+`randperm` of A and fixed-shape gathers; loss and accuracy are summed on the device and read once
+per epoch (the only host synchronisation); on CUDA the step runs in bf16 autocast, channels_last,
+and optionally compiled or captured in a CUDA graph.
+
+Fixed batch shapes without dropping data: when alpha is not a multiple of the batch size, the last
+batch is filled up with images from the start of the epoch's permutation and those fillers get
+weight 0 in the loss. Every image of A is trained on exactly once per epoch, and `images_seen`
+counts alpha per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dyntrain import augment, sampling
+from dyntrain.config import ConfigError, TrainConfig
+from dyntrain.data import Dataset, make_split
+from dyntrain.model import PaperNet
+
+METRICS = (
+    "epoch", "train_loss", "train_acc", "val_acc", "test_acc", "best_val_acc", "test_acc_at_best_val",
+    "subset_size", "images_seen", "resample", "beta", "epoch_time_s", "wall_time_s", "stopped",
+)
+EVAL_BATCH = 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' is invalid: no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: Dataset, device: torch.device | str | None = None):
+        cfg.validate()
+        split = make_split(data, cfg.val_size, cfg.seed, cfg.protocol, cfg.train_limit, cfg.test_limit)
+        self.n_train = len(split.train_idx)
+        self.alpha = self.n_train if cfg.policy == "full" else cfg.alpha
+        cfg.validate(n_train=self.n_train)
+        self.cfg = cfg
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
+        cuda = self.device.type == "cuda"
+        if cfg.compile == "cudagraphs" and not cuda:
+            raise ConfigError("compile='cudagraphs' is invalid on the CPU: it needs a CUDA device")
+
+        # The data, moved to the device once (indexing copies, so read-only object-store arrays are fine).
+        def put(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+
+        pool = data.train_x[split.train_idx]
+        self.pool_x, self.pool_y = put(pool), put(data.train_y[split.train_idx])
+        val_src_x, val_src_y = (data.test_x, data.test_y) if split.val_from_test else (data.train_x, data.train_y)
+        self.val_x, self.val_y = put(val_src_x[split.val_idx]), put(val_src_y[split.val_idx])
+        self.test_x, self.test_y = put(data.test_x[split.test_idx]), put(data.test_y[split.test_idx])
+        self.val_is_test = split.val_from_test
+        mean = pool.mean(axis=(0, 2, 3)) / 255.0
+        std = pool.std(axis=(0, 2, 3)) / 255.0
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+        torch.manual_seed(cfg.seed)
+        self.model = PaperNet(len(data.classes), cfg.batchnorm).to(self.device)
+        if cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.lr, capturable=cfg.compile == "cudagraphs", foreach=True,
+        )
+        self.policy = sampling.make_policy(cfg.policy, self.n_train, self.alpha, cfg.beta, cfg.delta, cfg.gamma, cfg.seed)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.seed)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+        self.history: list[dict[str, Any]] = []
+        self._forward = torch.compile(self.model) if cfg.compile == "default" else self.model
+        self._graph: _GraphStep | None = None
+
+    # --- one epoch ----------------------------------------------------------------------------
+    def _logits(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = (x_uint8.float().div_(255.0) - self.mean) / self.std
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            return self._forward(x)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """One optimiser step; returns (weighted loss sum, correct count) as a device tensor."""
+        logits = self._logits(x)
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        loss = (losses * w).sum() / w.sum()
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        self.optimizer.step()
+        correct = ((logits.argmax(1) == y).float() * w).sum()
+        return torch.stack([(losses.detach() * w).sum(), correct])
+
+    def _train_epoch(self, subset: torch.Tensor) -> torch.Tensor:
+        self.model.train()
+        bs = self.cfg.batch_size
+        idx, weight = epoch_batches(subset, bs, self.generator)
+        n_batches = len(idx) // bs
+        totals = torch.zeros(2, device=self.device)
+        for b in range(n_batches):
+            sl = slice(b * bs, (b + 1) * bs)
+            x = self.pool_x[idx[sl]]
+            if self.cfg.augment:
+                x = augment.flip_and_translate(x, self.generator)
+            y, w = self.pool_y[idx[sl]], weight[sl]
+            if self.cfg.compile == "cudagraphs":
+                if self._graph is None:
+                    self._graph = _GraphStep(self._step, x, y, w)
+                totals += self._graph(x, y, w)
+            else:
+                totals += self._step(x, y, w)
+        return totals
+
+    @torch.no_grad()
+    def _correct(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        correct = torch.zeros((), device=self.device)
+        for i in range(0, len(xs), EVAL_BATCH):
+            correct += (self._logits(xs[i : i + EVAL_BATCH]).argmax(1) == ys[i : i + EVAL_BATCH]).sum()
+        return correct
+
+    # --- the loop -----------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    def done(self) -> bool:
+        return self.stop_reason() is not None
+
+    def stop_reason(self) -> str | None:
+        if not self.history:
+            return None
+        last, cfg = self.history[-1], self.cfg
+        if last["epoch"] >= cfg.epochs:
+            return "epochs"
+        if cfg.time_budget_s is not None and last["wall_time_s"] >= cfg.time_budget_s:
+            return "time_budget"
+        if cfg.image_budget is not None and last["images_seen"] >= cfg.image_budget:
+            return "image_budget"
+        return None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while not self.done():
+            yield self.run_epoch()
+
+    def run_epoch(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        epoch = self.epoch + 1
+        subset = torch.from_numpy(self.policy.subset).to(self.device)
+        train_totals = self._train_epoch(subset)
+        val_correct = self._correct(self.val_x, self.val_y)
+        test_correct = val_correct if self.val_is_test else self._correct(self.test_x, self.test_y)
+        # The one host synchronisation of the epoch.
+        loss_sum, train_correct, val_c, test_c = torch.cat([train_totals, val_correct[None], test_correct[None]]).tolist()
+        n = subset.numel()
+        val_acc, test_acc = val_c / len(self.val_y), test_c / len(self.test_y)
+        decision = self.policy.update(epoch, val_acc)
+        prev = self.history[-1] if self.history else None
+        improved = prev is None or val_acc > prev["best_val_acc"]
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": loss_sum / n,
+            "train_acc": train_correct / n,
+            "val_acc": val_acc,
+            "test_acc": test_acc,
+            "best_val_acc": val_acc if improved else prev["best_val_acc"],
+            "test_acc_at_best_val": test_acc if improved else prev["test_acc_at_best_val"],
+            "subset_size": n,
+            "images_seen": (prev["images_seen"] if prev else 0) + n,
+            "resample": decision.resample,
+            "beta": decision.beta,
+            "epoch_time_s": time.perf_counter() - start,
+        }
+        metrics["wall_time_s"] = (prev["wall_time_s"] if prev else 0.0) + metrics["epoch_time_s"]
+        metrics["stopped"] = ""
+        self.history.append(metrics)
+        metrics["stopped"] = self.stop_reason() or ""
+        return metrics
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "policy": self.policy.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": [dict(m) for m in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.policy.load_state_dict(state["policy"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = [dict(m) for m in state["history"]]
+        if self.history:
+            self.history[-1]["stopped"] = ""  # a resumed run may go on past its old end
+
+    def summary(self) -> dict[str, Any]:
+        best = max(self.history, key=lambda m: m["val_acc"]) if self.history else {}
+        return {
+            "config": self.cfg.to_dict(),
+            "environment": environment(self.device),
+            "n_train": self.n_train,
+            "n_val": len(self.val_y),
+            "n_test": len(self.test_y),
+            "epochs_run": self.epoch,
+            "stopped": self.stop_reason() or "",
+            "best": best,
+            "final": self.history[-1] if self.history else {},
+            "total_time_s": self.history[-1]["wall_time_s"] if self.history else 0.0,
+        }
+
+
+def epoch_batches(subset: torch.Tensor, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random order of the subset, filled up to a whole number of batches (fixed shapes), and
+    per-position weights: 1 for each image of A (exactly once), 0 for the fillers."""
+    n = subset.numel()
+    order = subset[torch.randperm(n, device=subset.device, generator=generator)]
+    pad = -n % batch_size
+    idx = torch.cat([order, order.repeat(math.ceil(pad / n))[:pad]]) if pad else order
+    weight = torch.ones(n + pad, device=subset.device)
+    weight[n:] = 0.0
+    return idx, weight
+
+
+class _GraphStep:
+    """The whole train step (forward, backward, Adam) captured once in a CUDA graph and replayed.
+
+    Batches are copied into static input buffers; Adam runs with capturable=True so its step count
+    lives on the device. Warm-up steps on a side stream train on real batches, as CUDA graphs require.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, step, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+        self.step = step
+        self.x, self.y, self.w = x.clone(), y.clone(), w.clone()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.w.copy_(w)
+        if self.graph is None:
+            self.calls += 1
+            if self.calls <= self.WARMUP:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    out = self.step(self.x, self.y, self.w)
+                torch.cuda.current_stream().wait_stream(side)
+                return out
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.step(self.x, self.y, self.w)
+        self.graph.replay()
+        return self.out.clone()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Atomic: a crash mid-write leaves the previous checkpoint intact."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
