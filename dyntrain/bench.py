@@ -88,6 +88,22 @@ def bench_engine(data: Dataset, cfg: TrainConfig, device: torch.device) -> dict[
     return _throughput(label, images[-1], times, extra={"alpha": trainer.alpha, "val_acc": history[-1]["val_acc"]})
 
 
+def profile_epoch(data: Dataset, cfg: TrainConfig, device: torch.device, path: Path) -> dict[str, Any]:
+    """torch.profiler over the second epoch (after warm-up/capture): where an epoch's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = Trainer(cfg.replace(epochs=2), data, device=device)
+    trainer.run_epoch()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        trainer.run_epoch()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
+    return {"epoch_time_s": trainer.history[-1]["epoch_time_s"], "table": str(path)}
+
+
 def _throughput(label: str, images_per_epoch: int, times: list[float], extra: dict[str, Any]) -> dict[str, Any]:
     steady = times[1:] or times
     mean = sum(steady) / len(steady)
@@ -117,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain-epochs", type=int, default=2)
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the plain pipeline")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--compile", default="none", choices=["none", "default", "cudagraphs"])
+    p.add_argument("--compile", default="none", help="engine compile modes to time, comma-separated: none,default,cudagraphs")
     p.add_argument("--policies", default="full,dynamic", help="engine policies to time (dynamic uses alpha = n/2)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--profile", type=Path, help="also profile one epoch of the last engine run; write the op table here")
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -132,13 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     plain = bench_plain(data, base, args.plain_epochs, args.workers, device)
     results["pipelines"].append(plain)
     print(f"{plain['pipeline']:<48} {plain['images_per_s']:>12,.0f} images/s  (first epoch {plain['first_epoch_s']:.2f} s)")
-    for policy in args.policies.split(","):
-        cfg = base.replace(policy=policy, alpha=n_train if policy == "full" else n_train // 2)
-        r = bench_engine(data, cfg, device)
-        r["speedup_vs_plain"] = r["images_per_s"] / plain["images_per_s"]
-        results["pipelines"].append(r)
-        print(f"{r['pipeline']:<48} {r['images_per_s']:>12,.0f} images/s  (first epoch {r['first_epoch_s']:.2f} s)"
-              f"  {r['speedup_vs_plain']:.2f}x plain")
+    for mode in args.compile.split(","):
+        for policy in args.policies.split(","):
+            cfg = base.replace(policy=policy, compile=mode, alpha=n_train if policy == "full" else n_train // 2)
+            r = bench_engine(data, cfg, device)
+            r["speedup_vs_plain"] = r["images_per_s"] / plain["images_per_s"]
+            results["pipelines"].append(r)
+            print(f"{r['pipeline']:<48} {r['images_per_s']:>12,.0f} images/s  (first epoch {r['first_epoch_s']:.2f} s)"
+                  f"  {r['speedup_vs_plain']:.2f}x plain")
+    if args.profile:
+        results["profile"] = profile_epoch(data, cfg, device, args.profile)
+        print(f"wrote the profile of one {cfg.policy}/{cfg.compile} epoch to {args.profile}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -85,7 +85,10 @@ class Trainer:
         self.policy = sampling.make_policy(cfg.policy, self.n_train, self.alpha, cfg.beta, cfg.delta, cfg.gamma, cfg.seed)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+        # Autocast's weight-cast cache would be baked into a captured graph as stale tensors.
+        graphs = cfg.compile == "cudagraphs"
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphs) if cuda
+                         else torch.autocast("cpu", enabled=False))
         self.history: list[dict[str, Any]] = []
         self._forward = torch.compile(self.model) if cfg.compile == "default" else self.model
         self._graph: _GraphStep | None = None
