@@ -194,7 +194,8 @@ def _labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     masked = runs_[SETTING].astype(object).copy()
     for k in ("alpha", "beta", "delta", "gamma"):
         masked.loc[~runs_.policy.map(lambda p: k in RELEVANT[p]), k] = None
-    varying = [k for k in SETTING if masked[k].dropna().map(str).nunique() > 1 and k != "policy"]
+    # A Greek parameter a policy does not use is masked out; any other field varies even between set and unset.
+    varying = [k for k in SETTING if k != "policy" and (masked[k].dropna() if k in GREEK else masked[k]).map(str).nunique() > 1]
 
     def name(row, with_axes):
         own = [k for k in RELEVANT[row.policy] if k in varying or (with_axes and k in ("alpha", "beta"))]
@@ -202,7 +203,7 @@ def _labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
             own = [k for k in own if k not in ("alpha", "beta")]
         parts = [row.policy] + [f"{GREEK[k]}={row[k]:g}" for k in own]
         for k in varying:
-            if k not in GREEK:
+            if k not in GREEK and not (k != "augment" and pd.isna(row[k])):
                 parts += (["+aug"] if row[k] else []) if k == "augment" else [f"{k}={row[k]}"]
         return " ".join(parts)
 

@@ -371,3 +371,13 @@ def test_t_quantiles():
 
 def test_time_format():
     assert [report.fmt_time(s) for s in (4.21, 1948, 3723)] == ["4.2s", "32m28s", "1h02m03s"]
+
+
+def test_budgeted_full_run_is_its_own_arm(tmp_path):
+    """Full data stopped at an equal wall time is a different arm from unbudgeted full data."""
+    for seed in (0, 1):
+        write_train_run(tmp_path / f"full{seed}", policy="full", seed=seed)
+        write_train_run(tmp_path / f"budget{seed}", policy="full", seed=seed, time_budget_s=3.5)
+    t = report.policy_table(report.load(tmp_path))
+    assert list(t.index) == ["full", "full time_budget_s=3.5"]
+    assert list(t.n) == [2, 2]
