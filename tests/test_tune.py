@@ -1,0 +1,308 @@
+"""dyntrain tune: search spaces and their validation (no Ray), then searches on a 2-CPU local Ray
+with the tiny image folder: grid, Optuna, ASHA, a trial restarted from its checkpoint, and an
+experiment interrupted from the driver and resumed."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a one-node Ray on 127.0.0.1
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dyntrain import tune as dtune
+from dyntrain.config import ConfigError
+
+TRAIN = ["--val-size", "20", "--test-limit", "20", "--batch-size", "64", "--epochs", "2"]  # 280 images in the training split
+
+
+@pytest.fixture(scope="session")
+def data_args(tiny_folder, tmp_path_factory) -> list[str]:
+    return ["--dataset", f"folder:{tiny_folder}", "--data-dir", str(tmp_path_factory.mktemp("data")), *TRAIN]
+
+
+def write_space(tmp_path: Path, space: dict) -> str:
+    path = tmp_path / f"space-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return str(path)
+
+
+def parse(*argv: str):
+    return dtune.build_parser().parse_args(list(argv))
+
+
+# --- search spaces, no Ray ------------------------------------------------------------------------
+def test_builtin_spaces_are_the_papers_grid_and_the_baselines():
+    grid = list(dtune.points(dtune.parse_space(dtune.load_space("paper-grid"))))
+    assert len(grid) == 21
+    assert {(p["alpha"], p["beta"]) for p in grid} == {(a, b / 10) for a in (15000, 20000, 25000) for b in range(1, 8)}
+    assert all(p["delta"] == 0.01 and p["gamma"] == 0.97 and p["policy"] == "dynamic" for p in grid)
+    base = list(dtune.points(dtune.parse_space(dtune.load_space("baselines"))))
+    assert {(p["policy"], p["augment"]) for p in base} == {(q, a) for q in ("full", "static", "dynamic", "variant", "random") for a in (False, True)}
+
+
+def test_yaml_space_scalars_lists_and_samplers(tmp_path):
+    from ray import tune
+
+    raw = dtune.load_space(write_space(tmp_path, {
+        "epochs": 3, "alpha": [100, 200], "beta": {"uniform": [0.1, 0.9]}, "lr": {"loguniform": [1e-4, 1e-2]},
+        "val-size": {"randint": [40, 60]}, "policy": {"choice": ["dynamic", "variant"]},
+    }))
+    space = dtune.parse_space(raw)
+    assert space["epochs"] == 3 and space["alpha"] == [100, 200]
+    assert space["val_size"] == dtune.Sampled("randint", (40, 60))
+    grid = dtune.to_param_space(space, "grid")
+    assert grid["alpha"] == tune.grid_search([100, 200]) and grid["epochs"] == 3
+    assert isinstance(grid["beta"], tune.search.sample.Float) and (grid["beta"].lower, grid["beta"].upper) == (0.1, 0.9)
+    assert (grid["val_size"].lower, grid["val_size"].upper) == (40, 61)  # randint's high is included
+    assert isinstance(dtune.to_param_space(space, "optuna")["alpha"], tune.search.sample.Categorical)
+    # bounds and choices are what validation checks: 2 alphas x 2 betas x 2 lrs x 2 val sizes x 2 policies
+    assert len(list(dtune.points(space))) == 32
+
+
+def test_optuna_starts_at_the_papers_best_point_moved_into_the_space():
+    space = dtune.parse_space({"alpha": {"randint": [100, 200]}, "beta": {"uniform": [0.1, 0.9]}, "delta": [0.05, 0.01],
+                               "gamma": {"choice": [0.5, 0.9]}, "lr": {"loguniform": [1e-4, 1e-2]}, "epochs": 3})
+    assert dtune.start_point(space) == {"alpha": 200, "beta": 0.7, "delta": 0.01, "gamma": 0.5, "lr": 1e-3}
+
+
+def test_a_fraction_of_a_gpu_caps_the_trials_cuda_memory_to_its_share(monkeypatch):
+    import torch
+
+    caps = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, device=None: caps.append(fraction))
+    assert [dtune.cap_gpu_memory(g) for g in (0.25, 0.5, 1, 2, 0)] == [True, True, False, False, False]
+    assert caps == [0.25, 0.5]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"alpah": 100}, "unknown option(s) alpah"),
+    ({"beta": [0.5, 1.2]}, "beta=1.2 is invalid: must be [0, 1] (at beta=1.2)"),
+    ({"beta": {"uniform": [0.1, 1.5]}}, "beta=1.5 is invalid: must be [0, 1]"),
+    ({"beta": {"uniform": [0.9, 0.1]}}, "low must be below high"),
+    ({"beta": {"normal": [0, 1]}}, "is not a sampler"),
+    ({"lr": {"loguniform": [0, 1]}}, "loguniform needs low > 0"),
+    ({"alpha": {"uniform": [100, 200]}}, "alpha is an integer, sample it with {randint: [100, 200]}"),
+    ({"policy": ["dynamic", "greedy"]}, "policy='greedy' is invalid"),
+    ({"gamma": []}, "gamma is an empty list"),
+])
+def test_bad_spaces_are_rejected_with_the_parameter_named(raw, message):
+    with pytest.raises(ConfigError) as err:
+        dtune.validate_space(dtune.parse_space(raw))
+    assert message in str(err.value)
+
+
+def test_alpha_is_checked_against_the_training_split_before_ray(tmp_path, data_args):
+    # 300 training images - 20 held out for validation = 280 in the split.
+    space = write_space(tmp_path, {"alpha": {"randint": [100, 281]}})
+    with pytest.raises(ConfigError, match=r"alpha=281 is invalid: must be 1\.\.280 .*\(at alpha=281\)"):
+        dtune.plan(parse("--space", space, "--storage", str(tmp_path), *data_args))
+    space = write_space(tmp_path, {"alpha": [100, 140]})
+    plan = dtune.plan(parse("--space", space, "--storage", str(tmp_path), *data_args))
+    assert plan.path == f"{tmp_path}/{Path(space).stem}" and list(plan.datasets) == [data_args[1]]
+
+
+def test_command_options_fix_values_and_seeds_repeat_points(tmp_path, data_args):
+    plan = dtune.plan(parse("--space", "paper-grid", "--alpha", "120", "--seeds", "3", "--storage", str(tmp_path), *data_args))
+    assert plan.space["alpha"] == 120 and plan.space["seed"] == [0, 1, 2] and plan.space["epochs"] == 2
+    assert len(list(dtune.points(plan.space))) == 7 * 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--metric", "accuracy"], "--metric accuracy is invalid"),
+    (["--search", "optuna", "--space", "{space}"], "needs a space with at least one list or sampler"),
+    (["--gpus-per-trial", "0", "--device", "cuda"], "device=cuda is invalid with --gpus-per-trial 0"),
+    (["--resume", "--space", "{space}"], "--resume: no experiment to restore"),
+])
+def test_bad_command_lines(tmp_path, data_args, argv, message):
+    fixed = write_space(tmp_path, {"beta": 0.5, "alpha": 100})
+    argv = [a.replace("{space}", fixed) for a in argv]
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        dtune.plan(parse("--storage", str(tmp_path), *data_args, *argv))
+
+
+@pytest.mark.slow
+def test_the_command_fails_before_ray_starts(tmp_path, data_args):
+    space = write_space(tmp_path, {"beta": [0.3, 1.5], "alpha": 100})
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dyntrain.cli", "tune", "--space", space, "--storage", str(tmp_path), *data_args],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "dyntrain tune: error: search space: beta=1.5 is invalid: must be [0, 1]" in proc.stderr
+    assert "Ray" not in proc.stderr + proc.stdout and time.monotonic() - start < 60
+    assert not (tmp_path / Path(space).stem).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["paper_grid.py", "baselines.py", "optuna_search.py"])
+def test_tune_scripts_reach_validation(script, tmp_path, data_args):
+    """The scripts' options and spaces parse; on 280 training images their alphas are rightly refused."""
+    path = Path(__file__).parents[1] / "tune_scripts" / script
+    proc = subprocess.run([sys.executable, str(path), "--storage", str(tmp_path), *data_args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is invalid: must be 1..280 (the size of the training split)" in proc.stderr, proc.stderr
+
+
+# --- searches on a local Ray ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run(tmp_path, data_args, *argv: str):
+    return dtune.search(parse("--storage", str(tmp_path), "--name", "exp", *data_args, *argv))
+
+
+def epochs(result) -> list[int]:
+    return result.metrics_dataframe["epoch"].tolist()
+
+
+@pytest.mark.slow
+def test_grid_search_with_seeds(local_ray, tmp_path, data_args):
+    results = run(tmp_path, data_args, "--space", write_space(tmp_path, {"policy": ["dynamic", "random"], "alpha": 50}), "--seeds", "2")
+    assert not results.errors and len(results) == 4
+    frame = results.get_dataframe()
+    assert sorted(zip(frame["config/policy"], frame["config/seed"])) == [("dynamic", 0), ("dynamic", 1), ("random", 0), ("random", 1)]
+    for r in results:
+        assert epochs(r) == [1, 2]
+        assert {"val_acc", "test_acc_at_best_val", "gpu_s", "best_val_acc_per_gpu_h", "n_train"} <= set(r.metrics)
+        assert r.metrics["n_train"] > r.metrics["subset_size"] == 50
+        assert list(Path(r.path).glob("events.out.tfevents.*"))  # TensorBoard logs
+    assert results.experiment_path == f"{tmp_path}/exp"
+
+
+@pytest.mark.slow
+def test_optuna_search(local_ray, tmp_path, data_args):
+    space = write_space(tmp_path, {"beta": {"uniform": [0.2, 0.8]}, "alpha": {"randint": [30, 60]}})
+    results = run(tmp_path, data_args, "--space", space, "--search", "optuna", "--num-samples", "3", "--metric", "val_acc")
+    assert not results.errors and len(results) == 3
+    frame = results.get_dataframe()
+    assert 0.7 in frame["config/beta"].tolist()  # the paper's best beta is tried first
+    assert frame["config/alpha"].between(30, 60).all() and frame["config/beta"].between(0.2, 0.8).all()
+    assert all(epochs(r) == [1, 2] for r in results)
+
+
+@pytest.mark.slow
+def test_optuna_repeats_each_point_with_seeds(local_ray, tmp_path, data_args):
+    space = write_space(tmp_path, {"beta": {"uniform": [0.2, 0.8]}, "alpha": 50})
+    results = run(tmp_path, data_args, "--space", space, "--search", "optuna", "--num-samples", "1", "--seeds", "2")
+    assert not results.errors
+    frame = results.get_dataframe()  # the trainable adds Repeater's index to the seed
+    assert sorted(frame["config/__trial_index__"]) == [0, 1] and frame["config/beta"].nunique() == 1
+
+
+@pytest.mark.slow
+def test_asha_stops_a_hopeless_trial(local_ray, tmp_path, data_args):
+    # images_seen is deterministic: after epoch 1 the alpha=50 trial is behind the alpha=100 one. Two
+    # CPUs per trial run them one after the other, in grid order.
+    space = write_space(tmp_path, {"policy": "static", "alpha": [100, 50]})
+    results = run(tmp_path, data_args, "--space", space, "--scheduler", "asha", "--grace-period", "1",
+                  "--metric", "images_seen", "--cpus-per-trial", "2")
+    assert not results.errors
+    by_alpha = {r.config["alpha"]: epochs(r) for r in results}
+    assert by_alpha == {100: [1, 2], 50: [1]}
+
+
+def injecting(tmp_path: Path, fail_at_epoch: int | None = None, interrupt_seed: int | None = None):
+    """The real trainable, wrapped to log each start (and whether it restored a checkpoint) under
+    tmp_path/starts, and once: raise after reporting epoch `fail_at_epoch`, or send the driver SIGINT
+    after epoch 1 of the trial with seed `interrupt_seed`."""
+    real, driver, marker = dtune.trainable, os.getpid(), tmp_path / "injected"
+    (tmp_path / "starts").mkdir()
+
+    def wrapped(config, data=None):
+        import ray.tune
+
+        seed = config.get("seed", 0)
+        restored = ray.tune.get_checkpoint() is not None
+        (tmp_path / "starts" / f"{seed}-{uuid.uuid4().hex}-{'restored' if restored else 'fresh'}").touch()
+        report = ray.tune.report
+
+        def report_then_inject(metrics, checkpoint=None):
+            report(metrics, checkpoint=checkpoint)
+            if marker.exists():
+                return
+            if metrics["epoch"] == fail_at_epoch:
+                marker.touch()
+                raise RuntimeError("injected failure")
+            if seed == interrupt_seed and metrics["epoch"] == 1:
+                marker.touch()
+                os.kill(driver, signal.SIGINT)
+                time.sleep(5)  # the driver stops this trial meanwhile
+
+        ray.tune.report = report_then_inject
+        try:
+            real(config, data)
+        finally:
+            ray.tune.report = report
+
+    return wrapped
+
+
+def starts(tmp_path: Path) -> list[str]:
+    return sorted(p.name.split("-")[0] + "-" + p.name.split("-")[2] for p in (tmp_path / "starts").iterdir())
+
+
+@pytest.mark.slow
+def test_failed_trial_restarts_from_its_checkpoint(local_ray, tmp_path, data_args, monkeypatch):
+    monkeypatch.setattr(dtune, "trainable", injecting(tmp_path, fail_at_epoch=1))
+    results = run(tmp_path, data_args, "--space", write_space(tmp_path, {"beta": 0.5, "alpha": 50}), "--max-failures", "1")
+    assert not results.errors and len(results) == 1
+    assert starts(tmp_path) == ["0-fresh", "0-restored"]
+    assert epochs(results[0]) == [1, 2]
+
+
+@pytest.mark.slow
+def test_interrupted_experiment_resumes_without_redoing_finished_trials(local_ray, tmp_path, data_args, monkeypatch, capsys):
+    monkeypatch.setattr(dtune, "trainable", injecting(tmp_path, interrupt_seed=1))
+    argv = ["--storage", str(tmp_path), "--name", "exp", "--space", write_space(tmp_path, {"beta": 0.5, "alpha": 50}),
+            "--seeds", "2", "--cpus-per-trial", "2", *data_args]
+    assert dtune.main(argv) == 130
+    assert "run the same command with --resume" in capsys.readouterr().err
+    assert starts(tmp_path) == ["0-fresh", "1-fresh"]
+    assert dtune.main([*argv, "--resume"]) == 0
+    assert starts(tmp_path)[:2] == ["0-fresh", "1-fresh"] and len(starts(tmp_path)) == 3  # seed 0 not redone
+    from ray import tune
+
+    results = tune.Tuner.restore(f"{tmp_path}/exp", trainable=dtune.trainable).get_results()
+    assert sorted(r.config["seed"] for r in results) == [0, 1] and all(epochs(r) == [1, 2] for r in results)
+    assert "an experiment already exists" in str(pytest.raises(ConfigError, dtune.plan, parse(*argv)).value)
+
+
+@pytest.mark.slow
+def test_trainable_in_a_users_own_tuner(local_ray, tmp_path, tiny_folder):
+    """A plain Tuner: config keys are option names, the rest take the command's defaults; with
+    with_parameters the trials take the data from the object store (the folder is gone by then)."""
+    import shutil
+
+    from ray import tune
+
+    from dyntrain.data import load_dataset
+
+    folder = tmp_path / "folder"
+    shutil.copytree(tiny_folder, folder)
+    config = {"dataset": f"folder:{folder}", "data_dir": str(tmp_path / "data"), "val_size": 20, "test_limit": 20,
+              "alpha": tune.grid_search([30, 60]), "epochs": 1, "batch_size": 64}
+    data = load_dataset(config["dataset"], config["data_dir"], progress=False)
+    shutil.rmtree(folder)
+    shutil.rmtree(tmp_path / "data")
+    results = tune.Tuner(tune.with_parameters(dtune.trainable, data=data), param_space=config,
+                         run_config=tune.RunConfig(storage_path=str(tmp_path), name="own", verbose=0)).fit()
+    assert not results.errors
+    assert sorted(r.metrics["subset_size"] for r in results) == [30, 60]
+    assert all(r.metrics["beta"] == 0.7 for r in results)  # the default beta, as `dyntrain train`
