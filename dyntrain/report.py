@@ -123,7 +123,7 @@ def _read_tune(exp: Path) -> pd.DataFrame:
     level = ray_log.level
     ray_log.setLevel(logging.ERROR)  # it warns of trials without results: `unfinished` lists them
     try:
-        analysis = ExperimentAnalysis(str(exp))
+        analysis = ExperimentAnalysis(str(exp.resolve()))  # pyarrow reads a relative path as a URI
     finally:
         ray_log.setLevel(level)
     frames = []

@@ -381,3 +381,11 @@ def test_budgeted_full_run_is_its_own_arm(tmp_path):
     t = report.policy_table(report.load(tmp_path))
     assert list(t.index) == ["full", "full time_budget_s=3.5"]
     assert list(t.n) == [2, 2]
+
+
+@pytest.mark.slow
+def test_relative_experiment_path(ray_exps, monkeypatch):
+    """`dyntrain report results/ray/NAME` from the repository root: a relative path, not a URI."""
+    monkeypatch.chdir(ray_exps)
+    relative = report.load("grid")
+    assert len(relative) == len(report.load(ray_exps / "grid")) > 0
