@@ -152,7 +152,7 @@ def _read_results(trial_dir: Path) -> pd.DataFrame:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                pass  # the line being written when the trial was read
+                continue  # skip the line being written when the trial was read
         records = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in rows])
     elif (trial_dir / "progress.csv").exists():
         records = pd.read_csv(trial_dir / "progress.csv", keep_default_na=False, na_values=[""])
