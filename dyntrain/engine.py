@@ -67,8 +67,9 @@ class Trainer:
         pool = data.train_x[split.train_idx]
         self.pool_x, self.pool_y = put(pool), put(data.train_y[split.train_idx])
         val_src_x, val_src_y = (data.test_x, data.test_y) if split.val_from_test else (data.train_x, data.train_y)
-        self.val_x, self.val_y = put(val_src_x[split.val_idx]), put(val_src_y[split.val_idx])
-        self.test_x, self.test_y = put(data.test_x[split.test_idx]), put(data.test_y[split.test_idx])
+        self.n_val, self.n_test = len(split.val_idx), len(split.test_idx)
+        self.val_x, self.val_y = _pad_for_eval(put(val_src_x[split.val_idx]), put(val_src_y[split.val_idx]))
+        self.test_x, self.test_y = _pad_for_eval(put(data.test_x[split.test_idx]), put(data.test_y[split.test_idx]))
         self.val_is_test = split.val_from_test
         mean = pool.mean(axis=(0, 2, 3)) / 255.0
         std = pool.std(axis=(0, 2, 3)) / 255.0
@@ -136,8 +137,9 @@ class Trainer:
     def _correct(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         self.model.eval()
         correct = torch.zeros((), device=self.device)
-        for i in range(0, len(xs), EVAL_BATCH):
-            correct += (self._logits(xs[i : i + EVAL_BATCH]).argmax(1) == ys[i : i + EVAL_BATCH]).sum()
+        bs = min(EVAL_BATCH, len(xs))
+        for i in range(0, len(xs), bs):
+            correct += (self._logits(xs[i : i + bs]).argmax(1) == ys[i : i + bs]).sum()
         return correct
 
     # --- the loop -----------------------------------------------------------------------------
@@ -174,7 +176,7 @@ class Trainer:
         # The one host synchronisation of the epoch.
         loss_sum, train_correct, val_c, test_c = torch.cat([train_totals, val_correct[None], test_correct[None]]).tolist()
         n = subset.numel()
-        val_acc, test_acc = val_c / len(self.val_y), test_c / len(self.test_y)
+        val_acc, test_acc = val_c / self.n_val, test_c / self.n_test
         decision = self.policy.update(epoch, val_acc)
         prev = self.history[-1] if self.history else None
         improved = prev is None or val_acc > prev["best_val_acc"]
@@ -226,14 +228,25 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "environment": environment(self.device),
             "n_train": self.n_train,
-            "n_val": len(self.val_y),
-            "n_test": len(self.test_y),
+            "n_val": self.n_val,
+            "n_test": self.n_test,
             "epochs_run": self.epoch,
             "stopped": self.stop_reason() or "",
             "best": best,
             "final": self.history[-1] if self.history else {},
             "total_time_s": self.history[-1]["wall_time_s"] if self.history else 0.0,
         }
+
+
+def _pad_for_eval(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad an evaluation set once to whole batches of min(EVAL_BATCH, len) images, so that every
+    evaluation batch has one shape (no recompiles); padded labels are -1 and never count as correct."""
+    bs = min(EVAL_BATCH, len(y))
+    pad = -len(y) % bs
+    if pad:
+        x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+        y = torch.cat([y, y.new_full((pad,), -1)])
+    return x, y
 
 
 def epoch_batches(subset: torch.Tensor, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -184,3 +184,19 @@ def test_network_learns_on_tiny_data(data):
     history = list(Trainer(tiny(policy="static", alpha=64, epochs=6, batch_size=64, batchnorm=True, lr=3e-3), data))
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     assert np.isfinite([m["train_loss"] for m in history]).all()
+
+
+def test_evaluation_sets_are_padded_to_one_batch_shape(data, monkeypatch):
+    import dyntrain.engine as engine
+
+    monkeypatch.setattr(engine, "EVAL_BATCH", 32)  # 60 validation and 100 test images -> 64 and 128 rows
+    trainer = Trainer(tiny(epochs=1), data)
+    assert (len(trainer.val_x), len(trainer.test_x)) == (64, 128)
+    assert (trainer.val_y[60:] == -1).all() and (trainer.test_y[100:] == -1).all()
+    shapes = []
+    real = trainer._logits
+    monkeypatch.setattr(trainer, "_logits", lambda x: shapes.append(len(x)) or real(x))
+    m = trainer.run_epoch()
+    assert set(shapes) == {32}
+    # accuracies are counted over the real images only
+    assert m["val_acc"] * 60 == pytest.approx(round(m["val_acc"] * 60)) and m["test_acc"] * 100 == pytest.approx(round(m["test_acc"] * 100))
