@@ -71,8 +71,9 @@ class Trainer:
         self.val_x, self.val_y = _pad_for_eval(put(val_src_x[split.val_idx]), put(val_src_y[split.val_idx]))
         self.test_x, self.test_y = _pad_for_eval(put(data.test_x[split.test_idx]), put(data.test_y[split.test_idx]))
         self.val_is_test = split.val_from_test
-        mean = pool.mean(axis=(0, 2, 3)) / 255.0
-        std = pool.std(axis=(0, 2, 3)) / 255.0
+        # Per channel: a float64 temporary of one channel, not of the whole pool (1.1 GB for CIFAR-10).
+        mean = [pool[:, c].mean(dtype=np.float64) / 255.0 for c in range(pool.shape[1])]
+        std = [pool[:, c].std(dtype=np.float64) / 255.0 for c in range(pool.shape[1])]
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
