@@ -139,32 +139,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, help="also profile one epoch of the last engine run; write the op table here")
     args = p.parse_args(argv)
 
+    modes = args.compile.split(",")
+    for mode in modes:  # a typo fails now, not after the plain pipeline's minutes
+        TrainConfig(compile=mode).validate()
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_dir)
-    base = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, train_limit=args.train_limit, test_limit=args.test_limit, val_size=args.val_size,
-                       batch_size=args.batch_size, epochs=args.epochs, compile=args.compile, device=args.device,
+    base = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, train_limit=args.train_limit, test_limit=args.test_limit,
+                       val_size=args.val_size, batch_size=args.batch_size, epochs=args.epochs, device=args.device,
                        policy="full", protocol=args.protocol, progress=False)
     n_train = len(make_split(data, base.val_size, base.seed, base.protocol, base.train_limit, base.test_limit).train_idx)
-    results = {"environment": environment(device), "config": base.to_dict(), "pipelines": []}
+    results: dict[str, Any] = {"environment": environment(device), "config": base.to_dict(), "pipelines": []}
+
+    def save() -> None:  # after every pipeline, so a crash later loses nothing measured
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+
     plain = bench_plain(data, base, args.plain_epochs, args.workers, device)
     results["pipelines"].append(plain)
+    save()
     print(f"{plain['pipeline']:<48} {plain['images_per_s']:>12,.0f} images/s  (first epoch {plain['first_epoch_s']:.2f} s)")
-    for mode in args.compile.split(","):
+    for mode in modes:
         for policy in args.policies.split(","):
             cfg = base.replace(policy=policy, compile=mode, alpha=n_train if policy == "full" else n_train // 2)
-            r = bench_engine(data, cfg, device)
+            try:
+                r = bench_engine(data, cfg, device)
+            except Exception as err:  # one failing mode (say, a capture error) must not cost the others
+                results["pipelines"].append({"pipeline": f"dyntrain engine, policy {policy}, compile {mode}", "error": repr(err)})
+                save()
+                print(f"dyntrain engine, policy {policy}, compile {mode}: FAILED: {err!r}", file=sys.stderr)
+                continue
             r["speedup_vs_plain"] = r["images_per_s"] / plain["images_per_s"]
             results["pipelines"].append(r)
+            save()
             print(f"{r['pipeline']:<48} {r['images_per_s']:>12,.0f} images/s  (first epoch {r['first_epoch_s']:.2f} s)"
                   f"  {r['speedup_vs_plain']:.2f}x plain")
     if args.profile:
         results["profile"] = profile_epoch(data, cfg, device, args.profile)
         print(f"wrote the profile of one {cfg.policy}/{cfg.compile} epoch to {args.profile}")
+    save()
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")
-    return 0
+    return 1 if any("error" in r for r in results["pipelines"]) else 0
 
 
 if __name__ == "__main__":

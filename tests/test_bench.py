@@ -21,3 +21,17 @@ def test_bench_compares_plain_pipeline_and_engine(tiny_folder, tmp_path, capsys)
     assert full["speedup_vs_plain"] == full["images_per_s"] / plain["images_per_s"]
     assert result["environment"]["torch"]
     assert "x plain" in capsys.readouterr().out
+
+
+def test_a_failing_mode_is_recorded_and_the_rest_kept(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--dataset", f"folder:{tiny_folder}", "--data-dir", str(tmp_path / "d"), "--train-limit", "64",
+            "--test-limit", "32", "--epochs", "1", "--plain-epochs", "1", "--workers", "0", "--batch-size", "32",
+            "--device", "cpu", "--policies", "full", "--out", str(out)]
+    assert cli.main([*args, "--compile", "cudagraphs,none"]) == 1  # CUDA graphs need CUDA: recorded, not fatal
+    plain, graphs, eager = json.loads(out.read_text())["pipelines"]
+    assert "cudagraphs" in graphs["pipeline"] and "needs a CUDA device" in graphs["error"]
+    assert eager["images_per_s"] > 0 and "error" not in eager
+    assert "FAILED" in capsys.readouterr().err
+    assert cli.main([*args, "--compile", "turbo"]) == 2  # a typo fails before any work
+    assert "compile='turbo' is invalid" in capsys.readouterr().err
