@@ -4,7 +4,7 @@
 # CIFAR-10's 50,000 training images, batch 512, plus a profiler table of one CUDA-graph epoch.
 #
 # On the device machine (no Ray needed; run from source):
-#   tar lies in .devdata/cifar10-jpeg.tar.gz (copy it there; .git/info/exclude ignores .devdata/)
+#   tar lies in .devdata/cifar10-jpeg.tar.gz (copy it there; .gitignore ignores .devdata/, name it in carry)
 #   PYTHONPATH=. bash benchmarks/gpu_throughput.sh "$OUT"
 # On the CPU, a tiny smoke run: DEVICE=cpu TRAIN_LIMIT=256 COMPILE=none EPOCHS=2 bash benchmarks/gpu_throughput.sh /tmp/b
 set -euo pipefail
