@@ -60,6 +60,7 @@ class Policy:
     validation accuracy and may replace `subset`. Subclasses decide in `_decide`."""
 
     name = "policy"
+    params: tuple[str, ...] = ()  # the TrainConfig fields this policy reads (besides the seed)
 
     def __init__(self, n: int, alpha: int, beta: float, delta: float, gamma: float, seed: int):
         self.n, self.alpha, self.beta0, self.delta, self.gamma = n, alpha, beta, delta, gamma
@@ -112,6 +113,7 @@ class Full(Policy):
     """Every training image, every epoch (regular training)."""
 
     name = "full"
+    params = ()
 
     def _initial_subset(self) -> np.ndarray:
         return np.arange(self.n, dtype=np.int64)
@@ -121,12 +123,14 @@ class Static(Policy):
     """One uniform subset of alpha images, never resampled (the paper's Fig. 9 baseline)."""
 
     name = "static"
+    params = ("alpha",)
 
 
 class Random(Policy):
     """A fresh uniform subset of alpha images every epoch (an equal-budget baseline)."""
 
     name = "random"
+    params = ("alpha",)
 
     def _decide(self, epoch: int, val_acc: float) -> Decision:
         self.subset = self._draw()
@@ -137,6 +141,7 @@ class Dynamic(Policy):
     """Base design, Fig. 4-a / Fig. 5: type-I resample (Eq. 1) when abs(acc_n - acc_{n-1}) < delta."""
 
     name = "dynamic"
+    params = ("alpha", "beta", "delta")
 
     def _decide(self, epoch: int, val_acc: float) -> Decision:
         if abs(val_acc - self.prior_acc) < self.delta:
@@ -150,6 +155,7 @@ class Variant(Policy):
     best subset A* (type II, Eq. 2) with beta = gamma**n * beta_0 (Eq. 3); a larger gain keeps A."""
 
     name = "variant"
+    params = ("alpha", "beta", "delta", "gamma")
 
     def _decide(self, epoch: int, val_acc: float) -> Decision:
         beta = self.gamma**epoch * self.beta0

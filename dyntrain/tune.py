@@ -73,14 +73,24 @@ def trainable(config: dict[str, Any], data: Any = None) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_checkpoint(Path(folder) / STATE_FILE))
+    placement = where_am_i(gpus)
     for metrics in trainer:
         gpu_s = metrics["wall_time_s"] * (gpus or 1)
         metrics = {**metrics, "n_train": trainer.n_train, "gpu_s": gpu_s,
-                   "best_val_acc_per_gpu_h": metrics["best_val_acc"] * 3600 / max(gpu_s, 1e-9)}
+                   "best_val_acc_per_gpu_h": metrics["best_val_acc"] * 3600 / max(gpu_s, 1e-9), **placement}
         ordered = {k: metrics[k] for k in TABLE_FIRST} | metrics
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(trainer.state_dict(), Path(folder) / STATE_FILE)
             tune.report(ordered, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def where_am_i(gpus: float) -> dict[str, Any]:
+    """Where this trial runs: Ray's node id and address, the GPU ids Ray gave it and its GPU share."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "gpus": float(gpus)}
 
 
 def cap_gpu_memory(gpus: float) -> bool:
