@@ -6,15 +6,16 @@
     optional torch.compile / CUDA graphs), for the `full` policy and for `dynamic` at alpha = n/2.
 
 Throughput = training images per epoch / (train + evaluation time of that epoch), the mean over
-the epochs after the first; the first epoch (compile, capture, cuDNN autotuning) is reported apart.
+the epochs after the first; the first epoch (compile, capture, cuDNN autotuning) is reported apart,
+and so is the time to write one checkpoint (`dyntrain train` writes one a minute by default).
 Not a timed test: run it by hand on the machine you care about.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,14 @@ import torch
 
 from dyntrain.config import TrainConfig
 from dyntrain.data import Dataset, load_dataset, make_split
-from dyntrain.engine import Trainer, environment, resolve_device
+from dyntrain.engine import Trainer, environment, resolve_device, save_checkpoint
 from dyntrain.model import PaperNet
+from dyntrain.results import atomic_write
+
+# The plain pipeline and the paper ran one evaluation set per epoch: by default so does the bench.
+DEFAULTS = {"protocol": "paper"}
+MEASURED = ("Measured: see results/bench/ (the README's first table): the device, torch version, "
+            "images/s of each pipeline and the engine's speed-up over the plain DataLoader.")
 
 
 def bench_plain(data: Dataset, cfg: TrainConfig, epochs: int, workers: int, device: torch.device) -> dict[str, Any]:
@@ -85,7 +92,8 @@ def bench_engine(data: Dataset, cfg: TrainConfig, device: torch.device) -> dict[
     times = [m["epoch_time_s"] for m in history]
     images = [m["subset_size"] for m in history]
     label = f"dyntrain engine, policy {cfg.policy}, compile {cfg.compile}"
-    return _throughput(label, images[-1], times, extra={"alpha": trainer.alpha, "val_acc": history[-1]["val_acc"]})
+    extra = {"alpha": trainer.alpha, "val_acc": history[-1]["val_acc"], **checkpoint_cost(trainer)}
+    return _throughput(label, images[-1], times, extra=extra)
 
 
 def profile_epoch(data: Dataset, cfg: TrainConfig, device: torch.device, path: Path) -> dict[str, Any]:
@@ -119,48 +127,46 @@ def _throughput(label: str, images_per_epoch: int, times: list[float], extra: di
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dyntrain bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--train-limit", type=int, default=None, help="training images (default: all)")
-    p.add_argument("--test-limit", type=int, default=None, help="test images (default: all)")
-    p.add_argument("--val-size", type=int, default=5000)
-    p.add_argument("--protocol", default="paper", choices=["paper", "holdout"],
-                   help="paper (default): one evaluation set per epoch, as in the paper; holdout adds a test pass")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first is reported apart")
-    p.add_argument("--plain-epochs", type=int, default=2)
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the plain pipeline")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--compile", default="none", help="engine compile modes to time, comma-separated: none,default,cudagraphs")
-    p.add_argument("--policies", default="full,dynamic", help="engine policies to time (dynamic uses alpha = n/2)")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--profile", type=Path, help="also profile one epoch of the last engine run; write the op table here")
-    args = p.parse_args(argv)
+def checkpoint_cost(trainer: Trainer, repeats: int = 3) -> dict[str, Any]:
+    """Seconds to write one checkpoint of `trainer` (the median of `repeats`) and its size in bytes."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "checkpoint.pt"
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            save_checkpoint(trainer.state_dict(), path)
+            times.append(time.perf_counter() - start)
+        return {"checkpoint_s": sorted(times)[len(times) // 2], "checkpoint_bytes": path.stat().st_size}
 
-    modes = args.compile.split(",")
+
+def run(base: TrainConfig, modes: list[str], policies: list[str], plain_epochs: int = 2, workers: int = 4,
+        out: Path | None = None, profile: Path | None = None) -> int:
+    """Time the plain pipeline, then the engine for every compile mode x policy on `base`'s data;
+    print a line each and write JSON to `out` after every pipeline. Returns 1 if a mode failed."""
     for mode in modes:  # a typo fails now, not after the plain pipeline's minutes
-        TrainConfig(compile=mode).validate()
-    device = resolve_device(args.device)
-    data = load_dataset(args.dataset, args.data_dir)
-    base = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, train_limit=args.train_limit, test_limit=args.test_limit,
-                       val_size=args.val_size, batch_size=args.batch_size, epochs=args.epochs, device=args.device,
-                       policy="full", protocol=args.protocol, progress=False)
+        base.replace(compile=mode).validate()
+    for policy in policies:
+        base.replace(policy=policy).validate()
+    device = resolve_device(base.device)
+    data = load_dataset(base.dataset, base.data_dir)
     n_train = len(make_split(data, base.val_size, base.seed, base.protocol, base.train_limit, base.test_limit).train_idx)
     results: dict[str, Any] = {"environment": environment(device), "config": base.to_dict(), "pipelines": []}
 
     def save() -> None:  # after every pipeline, so a crash later loses nothing measured
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(out, json.dumps(results, indent=2) + "\n")
 
-    plain = bench_plain(data, base, args.plain_epochs, args.workers, device)
+    env = results["environment"]
+    print(f"dyntrain bench on {env['device_name']} ({env['device']}), torch {env['torch']}; {n_train} training images, "
+          f"batch {base.batch_size}")
+    plain = bench_plain(data, base, plain_epochs, workers, device)
     results["pipelines"].append(plain)
     save()
     print(f"{plain['pipeline']:<48} {plain['images_per_s']:>12,.0f} images/s  (first epoch {plain['first_epoch_s']:.2f} s)")
+    cfg = base
     for mode in modes:
-        for policy in args.policies.split(","):
+        for policy in policies:
             cfg = base.replace(policy=policy, compile=mode, alpha=n_train if policy == "full" else n_train // 2)
             try:
                 r = bench_engine(data, cfg, device)
@@ -173,15 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             results["pipelines"].append(r)
             save()
             print(f"{r['pipeline']:<48} {r['images_per_s']:>12,.0f} images/s  (first epoch {r['first_epoch_s']:.2f} s)"
-                  f"  {r['speedup_vs_plain']:.2f}x plain")
-    if args.profile:
-        results["profile"] = profile_epoch(data, cfg, device, args.profile)
-        print(f"wrote the profile of one {cfg.policy}/{cfg.compile} epoch to {args.profile}")
+                  f"  {r['speedup_vs_plain']:.2f}x plain; checkpoint {r['checkpoint_s'] * 1e3:.0f} ms "
+                  f"({r['checkpoint_bytes'] / 1e6:.1f} MB) = {r['checkpoint_s'] / r['steady_epoch_s']:.0%} of an epoch")
+    if profile:
+        results["profile"] = profile_epoch(data, cfg, device, profile)
+        print(f"wrote the profile of one {cfg.policy}/{cfg.compile} epoch to {profile}")
     save()
-    if args.out:
-        print(f"wrote {args.out}")
+    if out:
+        print(f"wrote {out}")
     return 1 if any("error" in r for r in results["pipelines"]) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

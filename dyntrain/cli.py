@@ -1,83 +1,75 @@
-"""`dyntrain train | tune | report | bench`."""
+"""`dyntrain train | tune | report | bench`: every command-line parser, over the library's functions.
+
+Training options are generated from `TrainConfig`'s fields (name, type, default, help, choices), so
+an option exists, and reads the same, wherever a field does.
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from dyntrain.config import ConfigError, TrainConfig, config_diff, load_yaml
-
-HELP = {
-    "policy": "subset policy: full | static | dynamic (base design) | variant (Fig. 4-b) | random",
-    "alpha": "images per epoch, |A|",
-    "beta": "share of A replaced at a resample (beta_0 for the variant)",
-    "delta": "validation-accuracy threshold that triggers a resample",
-    "gamma": "variant: beta_n = gamma**n * beta_0",
-    "dataset": "cifar10 | cifar100 | folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)",
-    "data_dir": "where datasets are downloaded and decoded images cached",
-    "val_size": "validation images held out of the training set (protocol holdout)",
-    "protocol": "holdout: a held-out split drives resampling; paper: the test set does, as in the paper",
-    "train_limit": "use only N training images (stratified): for scaled-down runs",
-    "test_limit": "use only N test images (stratified)",
-    "time_budget_s": "stop after the epoch in which this much training time was spent",
-    "image_budget": "stop after the epoch in which this many images were trained on",
-    "compile": "none | default (torch.compile) | cudagraphs (CUDA only)",
-    "augment": "random flip and translation (pad 4, crop 32) on the device",
-    "batchnorm": "add BatchNorm after every convolution (not in the paper)",
-    "progress": "show a progress bar",
-}
+from dyntrain.config import FIELDS, ConfigError, TrainConfig, config_diff, load_yaml
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field; defaults are suppressed so only given options appear."""
-    defaults = TrainConfig()
-    group = parser.add_argument_group("training options (defaults in brackets)")
+def add_config_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None,
+                       defaults: dict[str, Any] | None = None) -> None:
+    """One option per TrainConfig field (or per field in `only`). Without `defaults`, defaults are
+    suppressed so that only the options given appear (and win over a YAML file); with them, every
+    option has its default, `defaults` first."""
+    title = "training options (defaults in brackets)" if only is None else "options (defaults in brackets)"
+    group = parser.add_argument_group(title)
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = f"{HELP.get(f.name, f.name.replace('_', ' '))} [{default}]"
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        if only is not None and f.name not in only:
             continue
-        kind = {"train_limit": int, "test_limit": int, "image_budget": int, "time_budget_s": float}.get(f.name, type(default))
-        group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+        flag = "--" + f.name.replace("_", "-")
+        default = (defaults or {}).get(f.name, f.default)
+        choices = f.metadata["choices"]
+        help_text = f"{f.metadata['help']} [{default}]"
+        value = default if defaults is not None else argparse.SUPPRESS
+        if FIELDS[f.name] is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=help_text)
+            continue
+        metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+        group.add_argument(flag, type=FIELDS[f.name], default=value, help=help_text, metavar=metavar)
 
 
-def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names}
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in FIELDS}
 
 
 # --- dyntrain train -------------------------------------------------------------------------------
-CHECKPOINT = "checkpoint.pt"
-
-
 def train(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="dyntrain train", description="Train the paper's network with a subset policy.")
     parser.add_argument("--out", required=True, type=Path, help="output folder: metrics.csv, summary.json, checkpoint.pt")
     parser.add_argument("--config", type=Path, help="YAML file of options (command-line options win)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out (only --epochs may be raised)")
-    add_train_options(parser)
+    add_config_options(parser)
     args = parser.parse_args(argv)
 
+    from tqdm import tqdm
+
     from dyntrain.data import load_dataset
-    from dyntrain.engine import Trainer, load_checkpoint, save_checkpoint
+    from dyntrain.engine import CheckpointSchedule, Trainer, load_checkpoint, save_checkpoint
+    from dyntrain.results import CHECKPOINT, CONFIG_JSON, METRICS_CSV, SUMMARY, read_json, write_json, write_metrics_csv
 
     out: Path = args.out
     ckpt_path = out / CHECKPOINT
-    given = {**(load_yaml(args.config) if args.config else {}), **train_overrides(args)}
+    given = {**(load_yaml(args.config) if args.config else {}), **config_values(args)}
     state = None
     if args.resume:
-        if not ckpt_path.exists():
+        if ckpt_path.exists():
+            state = load_checkpoint(ckpt_path)
+            saved_config = state["config"]
+        elif (out / CONFIG_JSON).exists():  # stopped before its first checkpoint: start it again
+            print(f"dyntrain train: no checkpoint yet in {out}: training again from epoch 1", file=sys.stderr)
+            saved_config = read_json(out / CONFIG_JSON)
+        else:
             raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path)
-        saved = TrainConfig.from_dict(state["config"])
+        saved = TrainConfig.from_dict(saved_config)
         cfg = TrainConfig.from_dict({**saved.to_dict(), **given})
         changed = config_diff(saved, cfg)
         if changed:
@@ -85,7 +77,7 @@ def train(argv: Sequence[str]) -> int:
             raise ConfigError(f"--resume: the checkpoint in {out} belongs to another configuration ({detail}); only epochs may change")
     else:
         cfg = TrainConfig.from_dict(given)
-        if ckpt_path.exists() or (out / "metrics.csv").exists():
+        if ckpt_path.exists() or (out / METRICS_CSV).exists():
             raise ConfigError(f"--out {out} already holds a run: pass --resume to continue it, or choose another folder")
     cfg.validate()
 
@@ -94,80 +86,162 @@ def train(argv: Sequence[str]) -> int:
     if state is not None:
         trainer.load_state_dict(state)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").unlink(missing_ok=True)  # not finished until written again, last
-    _write_json(out / "config.json", cfg.to_dict())
+    (out / SUMMARY).unlink(missing_ok=True)  # not finished until written again, last
+    write_json(out / CONFIG_JSON, cfg.to_dict())
 
-    from tqdm import tqdm
-
+    schedule = CheckpointSchedule(cfg.checkpoint_every, cfg.checkpoint_interval_s)
     bar = tqdm(total=cfg.epochs, initial=trainer.epoch, unit="epoch", disable=not cfg.progress, dynamic_ncols=True)
     bar.set_description(f"{cfg.policy} a={trainer.alpha}")
     for m in trainer:
-        save_checkpoint(trainer.state_dict(), ckpt_path)
-        write_metrics_csv(trainer.history, out / "metrics.csv")
+        if schedule.due(trainer.epoch, last=trainer.done()):
+            save_checkpoint(trainer.state_dict(), ckpt_path)
+            schedule.saved()
+        write_metrics_csv(trainer.history, out / METRICS_CSV)
         bar.update(1)
         bar.set_postfix(val=f"{m['val_acc']:.4f}", best=f"{m['best_val_acc']:.4f}", test=f"{m['test_acc']:.4f}",
-                        resample=m["resample"], beta=f"{m['beta']:.3f}", s=f"{m['epoch_time_s']:.1f}")
+                        resample=m["resample"], beta=f"{m['beta_n']:.3f}", s=f"{m['epoch_time_s']:.1f}")
     bar.close()
     summary = trainer.summary()
-    _write_json(out / "summary.json", summary)
+    write_json(out / SUMMARY, summary)
     best = summary["best"]
     print(f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']} (test {best['test_acc']:.4f}); "
           f"{summary['epochs_run']} epochs, {summary['total_time_s']:.1f} s; wrote {out}")
     return 0
 
 
-def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
-    from dyntrain.engine import METRICS
+# --- dyntrain tune --------------------------------------------------------------------------------
+def tune(argv: Sequence[str]) -> int:
+    from dyntrain import tune as dtune
 
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRICS)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    p = argparse.ArgumentParser(prog="dyntrain tune", allow_abbrev=False, description=(
+        "Ray Tune search over dyntrain's parameters. Training options given here fix that value for every trial."))
+    p.add_argument("--space", default="paper-grid", help=f"{' | '.join(dtune.SPACES)} | FILE.yaml [paper-grid]")
+    p.add_argument("--seeds", type=int, default=1, help="repeat every point with N seeds (seed, seed+1, ...) [1]")
+    p.add_argument("--search", choices=("grid", "optuna"), default="grid", help="[grid]")
+    p.add_argument("--num-samples", type=int, help="grid: repeats of the grid (fresh draws of sampled values) [1]; optuna: trials [20]")
+    p.add_argument("--metric", default="best_val_acc", help="metric to optimise, e.g. val_acc, best_val_acc_per_gpu_h [best_val_acc]")
+    p.add_argument("--mode", choices=("max", "min"), help="[min for losses and times, else max]")
+    p.add_argument("--max-concurrent", type=int, default=4, help="optuna: trials in flight at once [4]")
+    p.add_argument("--search-seed", type=int, default=0, help="optuna: sampler seed [0]")
+    p.add_argument("--scheduler", choices=("none", "asha"), default="none", help="asha: stop hopeless trials early [none]")
+    p.add_argument("--grace-period", type=int, default=10, help="asha: epochs every trial runs before it may be stopped [10]")
+    p.add_argument("--gpus-per-trial", type=float, help="fractions allowed; 0 trains on the CPU [1 if the cluster has GPUs, else 0]")
+    p.add_argument("--cpus-per-trial", type=float, default=1, help="[1]")
+    p.add_argument("--storage", default="results/ray", help="a folder, a shared mount or a URI such as s3://bucket/path [results/ray]")
+    p.add_argument("--name", help="experiment name (a folder under --storage) [the space's name]")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --storage/--name, errored trials too")
+    p.add_argument("--max-failures", type=int, default=0, help="restarts of a failed trial from its last checkpoint [0]")
+    p.add_argument("--address", help="join a running Ray cluster: auto, or HOST:PORT")
+    p.add_argument("--dashboard", action="store_true", help="start the local Ray with its dashboard on 127.0.0.1:8265")
+    p.add_argument("--tracker", choices=dtune.TRACKERS, help="also log every trial to this tracker (pip install 'dyntrain[mlflow]')")
+    p.add_argument("--tracking-uri", help="mlflow: tracking store or server [sqlite mlflow.db in the experiment folder]")
+    p.add_argument("--live-report-s", type=float, default=10.0, help="rewrite report.html in the experiment folder at most "
+                   "this often while trials run; 0: no page [10]")
+    add_config_options(p)
+    args = p.parse_args(argv)
+
+    overrides = config_values(args)
+    kwargs = {k: v for k, v in vars(args).items() if k not in overrides and k != "space"}
+    kwargs["live_report_s"] = kwargs["live_report_s"] or None
+    results = dtune.search(args.space, overrides=overrides, **kwargs)
+    if dtune.unfinished_trials(results.experiment_path):
+        print("dyntrain tune: interrupted with trials unfinished; run the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
+    for r in results.errors:
+        print(f"dyntrain tune: a trial failed: {r}", file=sys.stderr)
+    line = dtune.best_summary(results, *dtune.objective(args.metric, args.mode))
+    if line:
+        print(line)
+    print(f"results: {results.experiment_path}\nTensorBoard: tensorboard --logdir {results.experiment_path}")
+    return 1 if results.errors else 0
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+# --- dyntrain report ------------------------------------------------------------------------------
+def report(argv: Sequence[str]) -> int:
+    from dyntrain import report as rp
+
+    parser = argparse.ArgumentParser(prog="dyntrain report", description="Tables (PAPER.md Tables 2-5, time to "
+                                     "accuracy), figures and an interactive page from Ray Tune experiments and "
+                                     "`dyntrain train` folders.")
+    parser.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR",
+                        help="Ray Tune experiment directories (or URIs), `dyntrain train` output folders, or folders holding them")
+    parser.add_argument("--out", default="report", help="output folder (default: report)")
+    parser.add_argument("--format", default="md,csv,tex,html", help=f"comma-separated: {', '.join(rp.FORMATS)} (default: all)")
+    parser.add_argument("--no-figures", action="store_true", help="write tables only")
+    parser.add_argument("--elitism", action="store_true", help="also plot running-maximum curves (Fig. 11)")
+    parser.add_argument("--metric", default="test_acc_at_best_val", choices=["test_acc_at_best_val", "best_val_acc"],
+                        help="accuracy of the policy table: test accuracy at the best validation epoch "
+                             "(default; equals best_val_acc under --protocol paper) or best validation accuracy")
+    args = parser.parse_args(argv)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    tables = rp.report(args.paths, args.out, formats, not args.no_figures, args.elitism, args.metric)
+    n_done = len(tables["runs"]) if "runs" in tables else 0
+    print(f"{n_done} finished run(s) in the tables; report written to {args.out}/")
+    if "policies" in tables:
+        print(rp.to_markdown(rp.show_policies(tables["policies"])))
+    if "unfinished" in tables:
+        u = tables["unfinished"]
+        print(f"{len(u)} run(s) not finished (in progress, interrupted, pending or failed), left out of the "
+              f"tables (see {args.out}/unfinished.*):", file=sys.stderr)
+        for run, row in u.iterrows():
+            epochs = "—" if row.epochs_done != row.epochs_done else f"{row.epochs_done:.0f}"
+            print(f"  {run}: {row.status}, {epochs}/{row.epochs} epochs", file=sys.stderr)
+    if not n_done:
+        print("no finished runs yet", file=sys.stderr)
+    return 0
+
+
+# --- dyntrain bench -------------------------------------------------------------------------------
+def bench(argv: Sequence[str]) -> int:
+    from dyntrain import bench as bn
+
+    p = argparse.ArgumentParser(prog="dyntrain bench", description=bn.__doc__.split("\n\n")[0] + " " + bn.MEASURED)
+    add_config_options(p, only=("dataset", "data_dir", "train_limit", "test_limit", "val_size", "protocol",
+                                 "batch_size", "device"), defaults=bn.DEFAULTS)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first is reported apart [3]")
+    p.add_argument("--plain-epochs", type=int, default=2, help="epochs of the plain pipeline [2]")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the plain pipeline [4]")
+    p.add_argument("--compile", default="none", help="engine compile modes to time, comma-separated: none,default,cudagraphs [none]")
+    p.add_argument("--policies", default="full,dynamic", help="engine policies to time (dynamic uses alpha = n/2) [full,dynamic]")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--profile", type=Path, help="also profile one epoch of the last engine run; write the op table here")
+    args = p.parse_args(argv)
+    base = TrainConfig(**config_values(args), epochs=args.epochs, policy="full", progress=False)
+    return bn.run(base, modes=args.compile.split(","), policies=args.policies.split(","), plain_epochs=args.plain_epochs,
+                  workers=args.workers, out=args.out, profile=args.profile)
 
 
 # --- dispatch -------------------------------------------------------------------------------------
 COMMANDS = {
-    "train": "train the network once (dyntrain train --help)",
-    "tune": "Ray Tune search over alpha/beta/delta/gamma (dyntrain tune --help)",
-    "report": "tables and figures from runs and experiments (dyntrain report --help)",
-    "bench": "throughput: plain DataLoader pipeline vs dyntrain's engine (dyntrain bench --help)",
+    "train": (train, "train the network once (dyntrain train --help)"),
+    "tune": (tune, "Ray Tune search over alpha/beta/delta/gamma (dyntrain tune --help)"),
+    "report": (report, "tables, figures and an HTML page from runs and experiments (dyntrain report --help)"),
+    "bench": (bench, "throughput: plain DataLoader pipeline vs dyntrain's engine (dyntrain bench --help)"),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        lines = "\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items())
+        lines = "\n".join(f"  {k:<8}{help}" for k, (_, help) in COMMANDS.items())
         print(f"usage: dyntrain COMMAND [options]\n\ncommands:\n{lines}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     from dyntrain.data import DataError
+    from dyntrain.results import ReportError
 
     try:
-        if command == "train":
-            return train(rest)
-        if command == "tune":
-            from dyntrain import tune
-
-            return tune.main(rest)
-        if command == "report":
-            from dyntrain import report
-
-            return report.main(rest)
-        from dyntrain import bench
-
-        return bench.main(rest)
-    except (ConfigError, DataError) as err:
+        return COMMANDS[command][0](rest)
+    except (ConfigError, DataError, ReportError, _checkpoint_error()) as err:
         print(f"dyntrain {command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _checkpoint_error() -> type[Exception]:
+    from dyntrain import engine
+
+    return getattr(engine, "CheckpointError", ConfigError)
 
 
 if __name__ == "__main__":

@@ -1,61 +1,74 @@
-"""Every knob of a dyntrain run: one validated dataclass, the single source of defaults and ranges.
+"""Every knob of a dyntrain run: one validated dataclass, the single source of truth for options.
 
-`dyntrain train` options, Ray Tune config keys and YAML config files all map onto the fields of
-`TrainConfig` by name (`--val-size` <-> `val_size`).
+Each field carries its default, its type (the annotation), its help text and, where it has them, its
+choices (the field's metadata). `dyntrain train` and `dyntrain tune` generate their command-line
+options from these fields; YAML config files, search spaces and Ray Tune configs use the same names
+(`--val-size` <-> `val_size`). The policy names come from `sampling.POLICIES`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-POLICIES = ("full", "static", "dynamic", "variant", "random")
+from dyntrain.sampling import POLICIES
+
 PROTOCOLS = ("holdout", "paper")
 COMPILE_MODES = ("none", "default", "cudagraphs")
 DEVICES = ("auto", "cuda", "cpu")
 BUILTIN_DATASETS = ("cifar10", "cifar100")
-
-# Fields that may differ between a checkpoint and the run that resumes it: raising `epochs` extends
-# a finished run, and where the data or the outputs live does not change what is computed.
-RESUMABLE_CHANGES = frozenset({"epochs", "data_dir", "device", "progress"})
 
 
 class ConfigError(ValueError):
     """A parameter is out of its valid range; the message names the parameter and the range."""
 
 
+def option(default: Any, help: str, choices: tuple | None = None, runtime: bool = False) -> Any:
+    """A TrainConfig field. `runtime`: where or how fast the run happens, never what it computes (a
+    resume may change it, and runs that differ only in it are the same arm of a comparison)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "runtime": runtime})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # The method (PAPER.md "Parameters").
-    policy: str = "dynamic"
-    alpha: int = 25_000  # |A|, images per epoch
-    beta: float = 0.7  # share of A replaced at a resample (beta_0 for the variant)
-    delta: float = 0.01  # validation-accuracy threshold (accuracy as a fraction)
-    gamma: float = 0.97  # variant only: beta_n = gamma**n * beta_0 (Eq. 3)
+    policy: str = option("dynamic", "subset policy; dynamic is the base design (Fig. 4-a), variant Fig. 4-b", tuple(POLICIES))
+    alpha: int = option(25_000, "images per epoch, |A| (absolute, not a share of the pool)")
+    beta: float = option(0.7, "share of A replaced at a resample (beta_0 for the variant)")
+    delta: float = option(0.01, "validation-accuracy change (a fraction) below which A is resampled")
+    gamma: float = option(0.97, "variant: beta_n = gamma**n * beta_0 (Eq. 3)")
     # Training (PAPER.md "Network and training").
-    epochs: int = 200
-    batch_size: int = 512
-    lr: float = 1e-3
-    batchnorm: bool = False
-    augment: bool = False
-    seed: int = 0
+    epochs: int = option(200, "epochs to train")
+    batch_size: int = option(512, "images per optimiser step")
+    lr: float = option(1e-3, "Adam learning rate")
+    batchnorm: bool = option(False, "add BatchNorm after every convolution (not in the paper)")
+    augment: bool = option(False, "random flip and translation (pad 4, crop 32) on the device")
+    seed: int = option(0, "seed of the split, the network, the order and the sampling")
     # Data.
-    dataset: str = "cifar10"  # cifar10 | cifar100 | folder:PATH
-    data_dir: str = "data"
-    val_size: int = 5_000
-    protocol: str = "holdout"  # holdout: val split of the training set; paper: val = test set
-    train_limit: int | None = None  # use only the first N training images (stratified): scaled-down runs
-    test_limit: int | None = None  # likewise for the test set
+    dataset: str = option("cifar10", "cifar10 | cifar100 | folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)")
+    data_dir: str = option("data", "where datasets are downloaded and decoded images cached", runtime=True)
+    val_size: int = option(5_000, "validation images held out of the training set (protocol holdout)")
+    protocol: str = option("holdout", "holdout: a held-out split drives resampling; paper: the test set does, "
+                           "as in the paper", PROTOCOLS)
+    train_limit: int | None = option(None, "use only N training images (stratified): for scaled-down runs")
+    test_limit: int | None = option(None, "use only N test images (stratified)")
     # Budgets, so that policies can be compared at equal cost.
-    time_budget_s: float | None = None
-    image_budget: int | None = None
-    # Speed.
-    device: str = "auto"
-    compile: str = "none"
-    progress: bool = True
+    time_budget_s: float | None = option(None, "stop after the epoch in which this much training time was spent")
+    image_budget: int | None = option(None, "stop after the epoch in which this many images were trained on")
+    # Speed and bookkeeping.
+    device: str = option("auto", "where to train", DEVICES, runtime=True)
+    compile: str = option("none", "none | default (torch.compile) | cudagraphs (the train step in one CUDA graph; "
+                          "CUDA only)", COMPILE_MODES, runtime=True)
+    checkpoint_every: int | None = option(None, "also checkpoint every N epochs (the last epoch is always saved)", runtime=True)
+    checkpoint_interval_s: float | None = option(
+        60.0, "checkpoint when this many seconds passed since the last one: bounds lost work, and costs one "
+        "~13 MB write a minute however fast epochs are", runtime=True)
+    progress: bool = option(True, "show a progress bar", runtime=True)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -66,19 +79,18 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a mapping with only known keys; unknown keys are an error, not ignored."""
-        unknown = sorted(set(values) - field_names())
+        unknown = sorted(set(values) - set(FIELDS))
         if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(field_names()))}")
-        coerced = {k: _coerce(k, v) for k, v in values.items()}
-        return cls(**coerced)
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(FIELDS))}")
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
 
     def validate(self, n_train: int | None = None) -> "TrainConfig":
         """Raise ConfigError for any out-of-range value. `n_train` is the size of the training split
         (after the validation hold-out) when it is known; alpha is checked against it."""
-        _check(self.policy in POLICIES, "policy", self.policy, f"one of {', '.join(POLICIES)}")
-        _check(self.protocol in PROTOCOLS, "protocol", self.protocol, f"one of {', '.join(PROTOCOLS)}")
-        _check(self.compile in COMPILE_MODES, "compile", self.compile, f"one of {', '.join(COMPILE_MODES)}")
-        _check(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        for f in fields(self):
+            choices = f.metadata["choices"]
+            if choices:
+                _check(getattr(self, f.name) in choices, f.name, getattr(self, f.name), f"one of {', '.join(choices)}")
         _check(
             self.dataset in BUILTIN_DATASETS or (self.dataset.startswith("folder:") and len(self.dataset) > 7),
             "dataset", self.dataset, "cifar10, cifar100 or folder:PATH",
@@ -86,7 +98,7 @@ class TrainConfig:
         _check(_is_int(self.alpha) and self.alpha >= 1, "alpha", self.alpha, "an integer >= 1")
         if n_train is not None and self.policy != "full":
             _check(self.alpha <= n_train, "alpha", self.alpha, f"1..{n_train} (the size of the training split)")
-        if n_train is not None and self.policy in ("dynamic", "variant") and _is_real(self.beta):
+        if n_train is not None and "beta" in POLICIES[self.policy].params and _is_real(self.beta):
             replaced = self.alpha - int(round(self.alpha * (1 - self.beta)))
             _check(
                 replaced <= n_train - self.alpha, "beta", self.beta,
@@ -103,18 +115,25 @@ class TrainConfig:
         _check(_is_int(self.val_size) and self.val_size >= 0, "val_size", self.val_size, "an integer >= 0")
         if self.protocol == "holdout":
             _check(self.val_size >= 1, "val_size", self.val_size, ">= 1 with --protocol holdout (or use --protocol paper)")
-        for name in ("train_limit", "test_limit", "image_budget"):
+        for name in ("train_limit", "test_limit", "image_budget", "checkpoint_every"):
             value = getattr(self, name)
             _check(value is None or (_is_int(value) and value >= 1), name, value, "an integer >= 1 or unset")
-        _check(
-            self.time_budget_s is None or (_is_real(self.time_budget_s) and self.time_budget_s > 0),
-            "time_budget_s", self.time_budget_s, "a number > 0 or unset",
-        )
+        for name in ("time_budget_s", "checkpoint_interval_s"):
+            value = getattr(self, name)
+            _check(value is None or (_is_real(value) and value > 0), name, value, "a number > 0 or unset")
         return self
 
 
-def field_names() -> set[str]:
-    return {f.name for f in fields(TrainConfig)}
+def _field_type(annotation: Any) -> type:
+    """int for `int | None`, and so on: the type a value of the field must have when it is set."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if isinstance(annotation, types.UnionType) else annotation
+
+
+FIELDS: dict[str, type] = {name: _field_type(t) for name, t in typing.get_type_hints(TrainConfig).items()}
+RUNTIME = frozenset(f.name for f in fields(TrainConfig) if f.metadata["runtime"])
+# Fields a resume may change: raising `epochs` extends a finished run; runtime fields change nothing computed.
+RESUMABLE_CHANGES = RUNTIME | {"epochs"}
 
 
 def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -123,23 +142,25 @@ def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]
     return {k: (a[k], b[k]) for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]}
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML mapping of option names to values; any file that cannot be read is one ConfigError
+    naming the file (and the line, for a syntax error)."""
     import yaml
 
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read {what} file: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def _types() -> dict[str, Any]:
-    defaults = TrainConfig()
-    return {f.name: type(getattr(defaults, f.name)) for f in fields(TrainConfig)}
-
-
-_OPTIONAL_INT = {"train_limit", "test_limit", "image_budget"}
-_OPTIONAL_FLOAT = {"time_budget_s"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -148,7 +169,7 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()  # numpy scalar from a Ray/Optuna search space
-    kind = int if name in _OPTIONAL_INT else float if name in _OPTIONAL_FLOAT else _types()[name]
+    kind = FIELDS[name]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, float) and value.is_integer():

@@ -1,204 +1,69 @@
-"""Experiment results -> pandas -> the paper's tables (PAPER.md Tables 2-5) and figures (Figs. 8-13).
+"""The paper's tables (PAPER.md Tables 2-5) and time to accuracy, from the tidy frame of runs.
 
-`load` turns any mix of `dyntrain train` output folders and Ray Tune experiment directories (also
-restored ones) into one tidy frame, one row per run x epoch; every table is a small pure function of
-that frame. Only finished runs enter tables and figures; runs in progress, pending or failed are
-listed apart (`unfinished`). Accuracies are fractions in the frame and percent in the tables.
+    df = load(["results/ray/paper-grid", "runs/full-seed0"])   # one row per run x epoch
+    grid_table(df)["mean"]                                     # Table 2: α x β of best val. accuracy
+
+Every table is a small pure function of that frame, with its formatter beside it (`show_*`: the
+strings of the Markdown and LaTeX tables). Only finished runs enter tables and figures; runs in
+progress, pending or failed are listed apart (`unfinished`). Accuracies are fractions in the frame
+and percent in the tables. Figures: `dyntrain.figures`; the interactive page: `dyntrain.html`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import math
-import os
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from dyntrain.config import POLICIES, TrainConfig, field_names
+from dyntrain.config import FIELDS, RUNTIME
+from dyntrain.results import ReportError, read
+from dyntrain.sampling import POLICIES
 
-METRICS = ["train_loss", "train_acc", "val_acc", "test_acc", "best_val_acc", "test_acc_at_best_val",
-           "subset_size", "images_seen", "resample", "beta_n", "epoch_time_s", "wall_time_s", "stopped"]
-CONFIG = list(TrainConfig().to_dict())
+__all__ = ["ReportError", "load"]  # the rest is public by name
+CONFIG = list(FIELDS)
 # What makes two runs the same arm of a comparison; seeds are its replicates.
-SETTING = [k for k in CONFIG if k not in ("seed", "data_dir", "device", "compile", "progress")]
-METHOD = ("policy", "alpha", "beta", "delta", "gamma")
-RELEVANT = {"full": (), "static": ("alpha",), "random": ("alpha",),
-            "dynamic": ("alpha", "beta", "delta"), "variant": ("alpha", "beta", "delta", "gamma")}
+SETTING = [k for k in CONFIG if k != "seed" and k not in RUNTIME]
+PARAMS = tuple(dict.fromkeys(k for cls in POLICIES.values() for k in cls.params))  # alpha, beta, delta, gamma
+METHOD = ("policy", *PARAMS)
 # Runs that differ only in these are compared against the same full-data run (Table 4 pairs a
 # 200-epoch full run with an 80-epoch variant run).
 CONTEXT = [k for k in SETTING if k not in METHOD + ("epochs", "time_budget_s", "image_budget")]
 GREEK = {"alpha": "α", "beta": "β", "delta": "δ", "gamma": "γ"}
 # Two-sided 95% Student t quantiles t(0.975, df) for df = 1..30; beyond, a Cornish-Fisher expansion.
+# Written out so that the report needs no scipy for one quantile function.
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042]
 
 
-class ReportError(ValueError):
-    """An experiment directory is missing, empty or unreadable, or a table cannot be formed."""
-
-
-# ---------------------------------------------------------------- loading
-
 def load(paths) -> pd.DataFrame:
-    """One row per run x epoch from `dyntrain train` folders and Ray Tune experiment directories.
-    A directory holding neither is searched below for them. Columns: run, source, status ("finished";
-    "in_progress": running or interrupted, a train folder without summary.json or a Ray trial not
-    TERMINATED with epochs; "pending": a Ray trial without any; "error"), early_stopped (finished by a
-    scheduler before its epochs), n_train, every TrainConfig field, epoch, the METRICS, and the labels
-    `setting` (one arm: policy and parameters) and `grid` (its α x β grid)."""
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not paths:
-        raise ReportError("no experiment directory given")
-    found = {d.resolve(): (kind, d) for p in paths for kind, d in _discover(Path(p))}  # each run once
-    df = pd.concat([_read(kind, d) for kind, d in found.values()], ignore_index=True)
-    ref = df[df.policy == "full"].groupby(_key(df, CONTEXT))["subset_size"].max()
-    missing = df.n_train.isna()  # Ray metrics may omit n_train: a full-data run's subset is the pool
-    df.loc[missing, "n_train"] = _key(df[missing], CONTEXT).map(ref)
-    df["setting"], df["grid"] = _labels(df)
+    """`dyntrain.results.read` (one row per run x epoch) plus the labels of the comparison: `setting`
+    (one arm: the policy, its parameters and whatever else varies) and `grid` (its α x β grid)."""
+    df = read(paths)
+    ref = df[df.policy == "full"].groupby(key(df, CONTEXT))["subset_size"].max()
+    missing = df.n_train.isna()  # old Ray results omit n_train: a full-data run's subset is the pool
+    df.loc[missing, "n_train"] = key(df[missing], CONTEXT).map(ref)
+    df["setting"], df["grid"] = labels(df)
     return df
 
 
-def _discover(root: Path) -> list[tuple[str, Path]]:
-    if not root.is_dir():
-        raise ReportError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if any(f.startswith("experiment_state-") and f.endswith(".json") for f in filenames):
-            found.append(("tune", Path(dirpath)))
-        elif "metrics.csv" in filenames or "config.json" in filenames:
-            found.append(("train", Path(dirpath)))
-        else:
-            dirnames.sort()
-            continue
-        dirnames.clear()  # a run's own folders (Ray trials, checkpoints) are not further runs
-    if found:
-        return found
-    if not any(root.iterdir()):
-        raise ReportError(f"{root}: empty directory; expected a Ray Tune experiment directory "
-                          "(experiment_state-*.json) or a `dyntrain train` output folder (metrics.csv)")
-    hint = " (this looks like one Ray trial: pass its experiment directory, the parent)" \
-        if (root / "params.json").exists() else ""
-    raise ReportError(f"{root}: no experiment found{hint}; expected a Ray Tune experiment directory "
-                      "(experiment_state-*.json) or a `dyntrain train` output folder (metrics.csv)")
-
-
-def _read(kind: str, path: Path) -> pd.DataFrame:
-    try:
-        return _read_tune(path) if kind == "tune" else _read_train(path)
-    except ReportError:
-        raise
-    except Exception as e:  # a truncated JSON, a malformed CSV, a Ray state it cannot parse
-        raise ReportError(f"{path}: cannot read {'Ray Tune experiment' if kind == 'tune' else 'run'}: "
-                          f"{type(e).__name__}: {e}") from e
-
-
-def _read_train(folder: Path) -> pd.DataFrame:
-    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else None
-    if summary is not None:
-        config = summary["config"]
-    elif (folder / "config.json").exists():
-        config = json.loads((folder / "config.json").read_text())
-    else:
-        raise ReportError(f"{folder}: metrics.csv without config.json or summary.json")
-    records = pd.read_csv(folder / "metrics.csv", keep_default_na=False, na_values=[""]) \
-        if (folder / "metrics.csv").exists() else pd.DataFrame()
-    if len(records) and not {"epoch", "val_acc", "wall_time_s"} <= set(records.columns):
-        raise ReportError(f"{folder / 'metrics.csv'}: not a dyntrain metrics file (columns: {', '.join(records.columns)})")
-    status = "finished" if summary is not None else "in_progress"
-    n_train = summary.get("n_train") if summary else None
-    return _tidy(records, str(folder), str(folder), config, status, False, n_train)
-
-
-def _read_tune(exp: Path) -> pd.DataFrame:
-    from ray.tune import ExperimentAnalysis  # reads the newest experiment_state-*.json; needs no cluster
-    from ray.tune.search.repeater import TRIAL_INDEX
-
-    ray_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = ray_log.level
-    ray_log.setLevel(logging.ERROR)  # it warns of trials without results: `unfinished` lists them
-    try:
-        analysis = ExperimentAnalysis(str(exp.resolve()))  # pyarrow reads a relative path as a URI
-    finally:
-        ray_log.setLevel(level)
-    frames = []
-    for trial in analysis.trials:
-        records = _read_results(Path(trial.path))
-        # Ray saves a RUNNING trial as PENDING: one with epochs is under way (or was, if interrupted).
-        status = {"TERMINATED": "finished", "ERROR": "error"}.get(trial.status, "in_progress" if len(records) else "pending")
-        last = records.iloc[-1] if len(records) else {}
-        # A scheduler (ASHA) stop leaves no reason of the run's own on the last epoch.
-        early = status == "finished" and not (isinstance(last.get("stopped"), str) and last.get("stopped"))
-        n_train = records["n_train"].iloc[-1] if "n_train" in records and len(records) else None
-        config = dict(trial.config)
-        # A Repeater (repeated points of a search) numbers the repeats; dyntrain.tune adds it to the seed.
-        config["seed"] = config.get("seed", TrainConfig.seed) + config.pop(TRIAL_INDEX, 0)
-        frames.append(_tidy(records, f"{exp.name}/{trial.trial_id}", str(exp), config, status, early, n_train))
-    if not frames:
-        raise ReportError(f"{exp}: Ray Tune experiment without trials")
-    return pd.concat(frames, ignore_index=True)
-
-
-def _read_results(trial_dir: Path) -> pd.DataFrame:
-    """A trial's reports from result.json (one JSON object a line), else progress.csv."""
-    if (trial_dir / "result.json").exists():
-        rows = []
-        for line in (trial_dir / "result.json").read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # skip the line being written when the trial was read
-        records = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in rows])
-    elif (trial_dir / "progress.csv").exists():
-        records = pd.read_csv(trial_dir / "progress.csv", keep_default_na=False, na_values=[""])
-    else:
-        return pd.DataFrame()
-    if len(records) and "epoch" not in records:
-        records["epoch"] = records["training_iteration"]
-    if len(records) and "wall_time_s" not in records:
-        records["wall_time_s"] = records["time_total_s"]
-    return records
-
-
-def _tidy(records, run, source, config, status, early, n_train) -> pd.DataFrame:
-    records = records.rename(columns={"beta": "beta_n"})
-    if len(records):  # a trial restarted from scratch reports its epochs again: the last report counts
-        records = records.drop_duplicates("epoch", keep="last").sort_values("epoch")
-    else:
-        records = pd.DataFrame({"epoch": [float("nan")]})  # keeps a run with no epoch yet in view
-        status = "error" if status == "finished" else status  # finished without a single epoch
-    out = pd.DataFrame({"run": run, "source": source, "status": status, "early_stopped": early,
-                        "n_train": float("nan") if n_train is None else float(n_train)}, index=records.index)
-    cfg = TrainConfig().to_dict() | {k: v for k, v in config.items() if k in field_names()}
-    for k in CONFIG:
-        out[k] = [cfg[k]] * len(out)
-    out["epoch"] = records["epoch"]
-    for k in METRICS:
-        out[k] = records[k] if k in records else float("nan")
-    out["stopped"] = ["" if pd.isna(v) else str(v) for v in out["stopped"]]
-    return out.reset_index(drop=True)
-
-
-def _key(df: pd.DataFrame, keys) -> pd.Series:
+def key(df: pd.DataFrame, keys) -> pd.Series:
     return pd.Series(["|".join(map(str, row)) for row in df[list(keys)].itertuples(index=False)], index=df.index)
 
 
-def _labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+def labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Short names for arms: the policy, its own parameters and whatever else varies between runs."""
-    runs_ = df.drop_duplicates("run")
-    masked = runs_[SETTING].astype(object).copy()
-    for k in ("alpha", "beta", "delta", "gamma"):
-        masked.loc[~runs_.policy.map(lambda p: k in RELEVANT[p]), k] = None
+    per_run = df.drop_duplicates("run")
+    masked = per_run[SETTING].astype(object).copy()
+    for k in PARAMS:
+        masked.loc[~per_run.policy.map(lambda p: k in POLICIES[p].params), k] = None
     # A Greek parameter a policy does not use is masked out; any other field varies even between set and unset.
     varying = [k for k in SETTING if k != "policy" and (masked[k].dropna() if k in GREEK else masked[k]).map(str).nunique() > 1]
 
     def name(row, with_axes):
-        own = [k for k in RELEVANT[row.policy] if k in varying or (with_axes and k in ("alpha", "beta"))]
+        own = [k for k in POLICIES[row.policy].params if k in varying or (with_axes and k in ("alpha", "beta"))]
         if not with_axes:  # a grid's label: what is fixed across its α x β cells
             own = [k for k in own if k not in ("alpha", "beta")]
         parts = [row.policy] + [f"{GREEK[k]}={row[k]:g}" for k in own]
@@ -207,12 +72,34 @@ def _labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
                 parts += (["+aug"] if row[k] else []) if k == "augment" else [f"{k}={row[k]}"]
         return " ".join(parts)
 
-    setting = runs_.apply(lambda r: name(r, True), axis=1)
-    grid = runs_.apply(lambda r: name(r, False) if r.policy in ("dynamic", "variant") else None, axis=1)
-    return df.run.map(dict(zip(runs_.run, setting))), df.run.map(dict(zip(runs_.run, grid)))
+    setting = per_run.apply(lambda r: name(r, True), axis=1)
+    grid = per_run.apply(lambda r: name(r, False) if "beta" in POLICIES[r.policy].params else None, axis=1)
+    return df.run.map(dict(zip(per_run.run, setting))), df.run.map(dict(zip(per_run.run, grid)))
 
 
-# ---------------------------------------------------------------- tables
+# ---------------------------------------------------------------- cells
+
+def fmt_time(s: float) -> str:
+    """Seconds as the paper writes times: 32m28s, 1h02m03s; under a minute 4.2s."""
+    if s != s:  # NaN
+        return "—"
+    if s < 60:
+        return f"{s:.1f}s"
+    h, m, sec = int(s // 3600), int(s % 3600 // 60), int(round(s % 60))
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def _pm(mean, std, fmt) -> str:
+    if mean != mean:
+        return "—"
+    return fmt(mean) + (f" ± {fmt(std)}" if std == std else "")
+
+
+def _num(x, spec=".1f", scale=1.0, suffix=""):
+    return "—" if x is None or x != x else f"{x * scale:{spec}}{suffix}"
+
+
+# ---------------------------------------------------------------- tables (each with its formatter)
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.status == "finished"]
@@ -234,6 +121,8 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
     out["images_seen"] = last["images_seen"]
     out["share"] = g["subset_size"].mean() / out["n_train"]
     out["stopped"] = last["stopped"]
+    for k in ("gpu_s", "node_ip", "node_id", "gpu_ids", "gpus"):  # Ray trials: cost and placement
+        out[k] = last[k]
     return out
 
 
@@ -241,6 +130,13 @@ def unfinished(df: pd.DataFrame) -> pd.DataFrame:
     """Runs in progress, pending, interrupted or failed: kept out of every table and figure."""
     r = runs(df[df.status != "finished"])
     return r[["source", "status", "setting", "seed", "epochs_done", "epochs", "last_val_acc", "time_s"]]
+
+
+def show_unfinished(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"status": table.status, "setting": table.setting, "seed": table.seed,
+                         "epochs": [f"{_num(d, '.0f')}/{e}" for d, e in zip(table.epochs_done, table.epochs)],
+                         "last val acc (%)": [_num(x, ".1f", 100) for x in table.last_val_acc],
+                         "time": table.time_s.map(fmt_time)}, index=table.index)
 
 
 def grids(df: pd.DataFrame) -> list[str]:
@@ -252,18 +148,27 @@ def grid_table(df: pd.DataFrame, value: str = "best_val_acc", grid: str | None =
     """Table 2 (value="best_val_acc" or "test_acc_at_best_val", in %) and Table 3 (value="time_s") form:
     rows α, columns β, over finished dynamic/variant runs. Columns are (stat, β) with stat in mean, std
     (over seeds) and n, so `grid_table(df)["mean"]` is the α x β grid of means."""
-    labels = grids(df)
-    if grid is None and len(labels) > 1:
-        raise ReportError(f"runs form several α x β grids ({'; '.join(labels)}): pick one with grid=")
+    names = grids(df)
+    if grid is None and len(names) > 1:
+        raise ReportError(f"runs form several α x β grids ({'; '.join(names)}): pick one with grid=")
     r = runs(finished(df))
-    r = r[r.grid == (grid or (labels[0] if labels else None))]
+    r = r[r.grid == (grid or (names[0] if names else None))]
     if r.empty:
         raise ReportError(f"no finished dynamic or variant runs for grid {grid!r}")
     values = r[value] * (100 if "acc" in value else 1)
     g = values.groupby([r.alpha, r.beta])
     t = pd.concat({"mean": g.mean().unstack(), "std": g.std().unstack(), "n": g.size().unstack(fill_value=0)},
                   axis=1, names=["stat"])
+    t.attrs["value"] = value
     return t.sort_index(ascending=False)
+
+
+def show_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """mean ± std (over seeds) in each α x β cell; times as the paper writes them."""
+    cell = fmt_time if table.attrs.get("value") == "time_s" else (lambda v: f"{v:.1f}")
+    t = pd.DataFrame({f"{b:g}": [_pm(m, s, cell) for m, s in zip(table["mean"][b], table["std"][b])]
+                      for b in table["mean"].columns}, index=[f"{a:g}" for a in table.index])
+    return t.rename_axis("α \\ β")
 
 
 def time_table(df: pd.DataFrame, grid: str | None = None) -> pd.DataFrame:
@@ -287,9 +192,9 @@ def policy_table(df: pd.DataFrame, metric: str = "test_acc_at_best_val") -> pd.D
     r = runs(finished(df))
     if r.empty:
         raise ReportError("no finished runs")
-    r = r.assign(acc=r[metric] * 100, val_acc=r.best_val_acc * 100, context=_key(r, CONTEXT))
+    r = r.assign(acc=r[metric] * 100, val_acc=r.best_val_acc * 100, context=key(r, CONTEXT))
     g = r.groupby("setting")
-    t = g[["policy", "augment", "alpha", "beta", "delta", "gamma", "epochs", "context"]].first()
+    t = g[["policy", "augment", *PARAMS, "epochs", "context"]].first()
     t["n"], t["seeds"] = g.size(), g["seed"].nunique()  # fewer seeds than runs: repeats, not independent
     t["share"] = g["share"].mean()
     t["acc"], t["acc_std"] = g["acc"].mean(), g["acc"].std()
@@ -301,17 +206,30 @@ def policy_table(df: pd.DataFrame, metric: str = "test_acc_at_best_val") -> pd.D
     full = t.context.map(ref)
     t["time_saved"] = 1 - t.time_s / full.map(t.time_s)
     t["acc_lost"] = full.map(t.acc) - t.acc
-    for k in ("alpha", "beta", "delta", "gamma"):
-        t[k] = t[k].astype(object).where(t.policy.map(lambda p: k in RELEVANT[p]), None)
-    return t.loc[_arms(r)].drop(columns="context")
+    for k in PARAMS:
+        t[k] = t[k].astype(object).where(t.policy.map(lambda p: k in POLICIES[p].params), None)
+    return t.loc[arms(r)].drop(columns="context")
 
 
-def _arms(r: pd.DataFrame) -> list[str]:
+def show_policies(table: pd.DataFrame) -> pd.DataFrame:
+    seeds = [(str(n) if k == n else f"{n} runs, {k} seeds") + (f" ({e} early-stopped)" if e else "")
+             for n, k, e in zip(table.n, table.seeds, table.early_stopped)]
+    return pd.DataFrame({"augment": table.augment.map({True: "yes", False: "no"}), "runs": seeds,
+                         "images/epoch": [_num(x, ".0f", 100, "%") for x in table.share],
+                         "accuracy (%)": [_pm(m, s, lambda v: f"{v:.2f}") for m, s in zip(table.acc, table.acc_std)],
+                         "95% CI (±)": [_num(h, ".2f") for h in table.acc_ci95],
+                         "time": table.time_s.map(fmt_time),
+                         "time saved": [_num(x, ".0f", 100, "%") for x in table.time_saved],
+                         "acc. lost (pts)": [_num(x, ".2f") for x in table.acc_lost],
+                         "images seen": [_num(x, ",.0f") for x in table.images_seen]}, index=table.index)
+
+
+def arms(r: pd.DataFrame) -> list[str]:
     """Settings in table order: without augmentation first, then by policy as PAPER.md lists them, α, β."""
     first = r.drop_duplicates("setting").set_index("setting")
-    return sorted(first.index, key=lambda s: (bool(first.augment[s]), POLICIES.index(first.policy[s]),
+    return sorted(first.index, key=lambda s: (bool(first.augment[s]), list(POLICIES).index(first.policy[s]),
                                               first.alpha[s] if first.policy[s] != "full" else 0,
-                                              first.beta[s] if "beta" in RELEVANT[first.policy[s]] else 0, s))
+                                              first.beta[s] if "beta" in POLICIES[first.policy[s]].params else 0, s))
 
 
 def _references(r: pd.DataFrame) -> dict[str, str]:
@@ -326,10 +244,10 @@ def time_to_accuracy(df: pd.DataFrame, fractions=(0.95, 0.99), metric: str = "va
     per-epoch `metric` first reaches fraction f of the full arm's best (mean over its seeds of the max
     over epochs). Means over the runs that reach it; reached_P counts them out of n."""
     fin = finished(df)
-    r = runs(fin).assign(context=lambda x: _key(x, CONTEXT))
+    r = runs(fin).assign(context=lambda x: key(x, CONTEXT))
     ref = _references(r)
     rows = []
-    for setting in _arms(r):
+    for setting in arms(r):
         arm = r[r.setting == setting]
         if arm.context.iloc[0] not in ref:
             continue
@@ -346,152 +264,17 @@ def time_to_accuracy(df: pd.DataFrame, fractions=(0.95, 0.99), metric: str = "va
     return pd.DataFrame(rows).set_index("setting") if rows else pd.DataFrame()
 
 
-# ---------------------------------------------------------------- figures
-
-def _figure(ncols=1):
-    from matplotlib.figure import Figure  # no pyplot: no global state, and savefig picks Agg/SVG itself
-
-    fig = Figure(figsize=(6.5 * ncols, 4.5), layout="constrained")
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
-def _band(ax, x, runs_by_x, label):
-    mean, std = runs_by_x.mean(axis=1), runs_by_x.std(axis=1).fillna(0)
-    (line,) = ax.plot(x, mean, label=label)
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-
-
-def plot_curves(df: pd.DataFrame, elitism: bool = False):
-    """Figs. 8-13: validation and training accuracy per epoch for each arm, mean ± std over seeds;
-    with elitism each run's curve is its running maximum (Fig. 11)."""
-    fig, (val_ax, train_ax) = _figure(2)
-    fin = finished(df)
-    for setting in _arms(fin.drop_duplicates("run")):
-        arm = fin[fin.setting == setting]
-        for ax, col in ((val_ax, "val_acc"), (train_ax, "train_acc")):
-            wide = arm.pivot(index="epoch", columns="run", values=col) * 100
-            _band(ax, wide.index, wide.cummax() if elitism else wide, setting)
-    for ax, what in ((val_ax, "validation"), (train_ax, "training")):
-        ax.set(xlabel="epoch", ylabel=f"{what} accuracy (%)", title=what + (" (elitism)" if elitism else ""))
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-    val_ax.legend(fontsize="small" if fin.setting.nunique() < 8 else "xx-small")
-    return fig
-
-
-def plot_time(df: pd.DataFrame):
-    """Validation accuracy against wall time, mean ± std over seeds at each epoch."""
-    fig, (ax,) = _figure()
-    fin = finished(df)
-    for setting in _arms(fin.drop_duplicates("run")):
-        arm = fin[fin.setting == setting]
-        acc = arm.pivot(index="epoch", columns="run", values="val_acc") * 100
-        t = arm.pivot(index="epoch", columns="run", values="wall_time_s").mean(axis=1)
-        _band(ax, t, acc, setting)
-    ax.set(xlabel="wall time (s)", ylabel="validation accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return fig
-
-
-def plot_heatmap(table: pd.DataFrame, title: str = ""):
-    """An α x β grid_table's means as a heat map, each cell annotated."""
-    fig, (ax,) = _figure()
-    mean = table["mean"]
-    im = ax.imshow(mean.to_numpy(dtype=float), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(mean.shape[1]), [f"{b:g}" for b in mean.columns])
-    ax.set_yticks(range(mean.shape[0]), [f"{a:g}" for a in mean.index])
-    ax.set(xlabel="β", ylabel="α", title=title)
-    for i, row in enumerate(mean.to_numpy(dtype=float)):
-        for j, v in enumerate(row):
-            if v == v:  # dark text on the light (high) end of viridis
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize="small",
-                        color="k" if im.norm(v) > 0.6 else "w")
-    fig.colorbar(im, ax=ax)
-    return fig
-
-
-def figures(df: pd.DataFrame, out, elitism: bool = False, formats=("png", "svg")) -> list[Path]:
-    """Write the curves (and with `elitism` also their running-maximum form), accuracy against wall
-    time and one heat map per α x β grid; return the paths written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    figs = {"curves": plot_curves(df), "accuracy_vs_time": plot_time(df)}
-    if elitism:
-        figs["curves_elitism"] = plot_curves(df, elitism=True)
-    labels = grids(df)
-    for label in labels:
-        title = f"best validation accuracy (%), {label}"
-        figs[_slug("heatmap", label, labels)] = plot_heatmap(grid_table(df, grid=label), title)
-    paths = [out / f"{name}.{fmt}" for name in figs for fmt in formats]
-    for p in paths:
-        figs[p.stem].savefig(p, dpi=120)
-    return paths
+def show_time_to_accuracy(table: pd.DataFrame) -> pd.DataFrame:
+    t = pd.DataFrame({"runs": table.n}, index=table.index)
+    for p in [c[len("target_"):] for c in table.columns if c.startswith("target_")]:
+        t[f"{p}% target"] = [_num(x, ".1f") for x in table[f"target_{p}"]]
+        t[f"{p}% reached"] = [f"{k}/{n}" for k, n in zip(table[f"reached_{p}"], table.n)]
+        t[f"{p}% time"] = table[f"time_s_{p}"].map(fmt_time)
+        t[f"{p}% images"] = [_num(x, ",.0f") for x in table[f"images_{p}"]]
+    return t
 
 
 # ---------------------------------------------------------------- writing
-
-def _slug(stem: str, label: str, all_labels) -> str:
-    if len(all_labels) <= 1:
-        return stem
-    for k, g in GREEK.items():
-        label = label.replace(g, k)
-    return stem + "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_")
-
-
-def fmt_time(s: float) -> str:
-    """Seconds as the paper writes times: 32m28s, 1h02m03s; under a minute 4.2s."""
-    if s != s:
-        return "—"
-    if s < 60:
-        return f"{s:.1f}s"
-    h, m, sec = int(s // 3600), int(s % 3600 // 60), int(round(s % 60))
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
-
-
-def _pm(mean, std, fmt) -> str:
-    if mean != mean:
-        return "—"
-    return fmt(mean) + (f" ± {fmt(std)}" if std == std else "")
-
-
-def _num(x, spec=".1f", scale=1.0, suffix=""):
-    return "—" if x is None or x != x else f"{x * scale:{spec}}{suffix}"
-
-
-def display(table: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """The table as strings, times as 32m28s and mean ± std in one cell: for md and tex."""
-    if kind in ("grid", "time"):
-        f = fmt_time if kind == "time" else (lambda v: f"{v:.1f}")
-        t = pd.DataFrame({f"{b:g}": [_pm(m, s, f) for m, s in zip(table["mean"][b], table["std"][b])]
-                          for b in table["mean"].columns}, index=[f"{a:g}" for a in table.index])
-        return t.rename_axis("α \\ β")
-    if kind == "policies":
-        seeds = [(str(n) if k == n else f"{n} runs, {k} seeds") + (f" ({e} early-stopped)" if e else "")
-                 for n, k, e in zip(table.n, table.seeds, table.early_stopped)]
-        return pd.DataFrame({"augment": table.augment.map({True: "yes", False: "no"}), "runs": seeds,
-                             "images/epoch": [_num(x, ".0f", 100, "%") for x in table.share],
-                             "accuracy (%)": [_pm(m, s, lambda v: f"{v:.2f}") for m, s in zip(table.acc, table.acc_std)],
-                             "95% CI (±)": [_num(h, ".2f") for h in table.acc_ci95],
-                             "time": table.time_s.map(fmt_time),
-                             "time saved": [_num(x, ".0f", 100, "%") for x in table.time_saved],
-                             "acc. lost (pts)": [_num(x, ".2f") for x in table.acc_lost],
-                             "images seen": [_num(x, ",.0f") for x in table.images_seen]}, index=table.index)
-    if kind == "time_to_accuracy":
-        t = pd.DataFrame({"runs": table.n}, index=table.index)
-        for p in [c[len("target_"):] for c in table.columns if c.startswith("target_")]:
-            t[f"{p}% target"] = [_num(x, ".1f") for x in table[f"target_{p}"]]
-            t[f"{p}% reached"] = [f"{k}/{n}" for k, n in zip(table[f"reached_{p}"], table.n)]
-            t[f"{p}% time"] = table[f"time_s_{p}"].map(fmt_time)
-            t[f"{p}% images"] = [_num(x, ",.0f") for x in table[f"images_{p}"]]
-        return t
-    if kind == "unfinished":
-        return pd.DataFrame({"status": table.status, "setting": table.setting, "seed": table.seed,
-                             "epochs": [f"{_num(d, '.0f')}/{e}" for d, e in zip(table.epochs_done, table.epochs)],
-                             "last val acc (%)": [_num(x, ".1f", 100) for x in table.last_val_acc],
-                             "time": table.time_s.map(fmt_time)}, index=table.index)
-    return table
-
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub pipe table (pandas' own needs `tabulate`)."""
@@ -502,8 +285,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([head, rule] + ["| " + " | ".join(cell(v) for v in row) + " |" for row in t.itertuples(index=False)])
 
 
-def write_table(table: pd.DataFrame, kind: str, stem: Path, formats) -> list[Path]:
-    """csv: the raw numbers (seconds, fractions, percent as in the table); md and tex: display form."""
+def write_table(table: pd.DataFrame, shown: pd.DataFrame, stem: Path, formats) -> list[Path]:
+    """csv: the raw numbers (seconds, fractions, percent as in the table); md and tex: `shown`."""
     paths = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
@@ -513,79 +296,74 @@ def write_table(table: pd.DataFrame, kind: str, stem: Path, formats) -> list[Pat
                 flat.columns = [f"beta={b:g} {s}" for s, b in flat.columns]
             flat.to_csv(path)
         elif fmt == "md":
-            path.write_text(to_markdown(display(table, kind)) + "\n")
-        else:
-            tex = display(table, kind).to_latex(escape=True)
+            path.write_text(to_markdown(shown) + "\n")
+        elif fmt == "tex":
+            tex = shown.to_latex(escape=True)
             path.write_text(tex.replace("±", r"$\pm$").replace("α", r"$\alpha$").replace("β", r"$\beta$"))
         paths.append(path)
     return paths
 
 
+def slug(stem: str, label: str, all_labels) -> str:
+    """A file name for one of several grids: heatmap_dynamic_delta=0.05."""
+    if len(all_labels) <= 1:
+        return stem
+    for k, g in GREEK.items():
+        label = label.replace(g, k)
+    return stem + "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_")
+
+
+def tables(df: pd.DataFrame, metric: str = "test_acc_at_best_val") -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]:
+    """Every table the runs allow, by file name: (numbers, shown form; None for the runs list)."""
+    out: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]] = {}
+    if not finished(df).empty:
+        names = grids(df)
+        for label in names:
+            for value, name in (("best_val_acc", "grid_best_val_acc"), ("test_acc_at_best_val", "grid_test_acc"),
+                                ("time_s", "grid_time")):
+                t = grid_table(df, value, label)
+                out[slug(name, label, names)] = (t, show_grid(t))
+        t = policy_table(df, metric)
+        out["policies"] = (t, show_policies(t))
+        t = time_to_accuracy(df)
+        if not t.empty:
+            out["time_to_accuracy"] = (t, show_time_to_accuracy(t))
+        out["runs"] = (runs(finished(df)), None)
+    if (df.status != "finished").any():
+        t = unfinished(df)
+        out["unfinished"] = (t, show_unfinished(t))
+    return out
+
+
 def report(paths, out, formats=("md", "csv", "tex"), with_figures: bool = True, elitism: bool = False,
            metric: str = "test_acc_at_best_val") -> dict[str, pd.DataFrame]:
-    """Load `paths`, write every table in `formats` (with md, also report.md holding all) and the figures
-    under `out`; return the tables by name."""
+    """Load `paths`, write every table in `formats` (with md, also report.md holding all; with html,
+    the interactive report.html) and the figures under `out`; return the tables by name."""
+    from dyntrain import figures
+
+    bad = sorted(set(formats) - set(FORMATS))
+    if bad or not formats:
+        raise ReportError(f"format {','.join(formats)!r}: choose from {', '.join(FORMATS)}")
     df = load(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tables: dict[str, tuple[str, pd.DataFrame]] = {}
-    if not finished(df).empty:
-        labels = grids(df)
-        for label in labels:
-            for value, name in (("best_val_acc", "grid_best_val_acc"), ("test_acc_at_best_val", "grid_test_acc")):
-                tables[_slug(name, label, labels)] = ("grid", grid_table(df, value, label))
-            tables[_slug("grid_time", label, labels)] = ("time", time_table(df, label))
-        tables["policies"] = ("policies", policy_table(df, metric))
-        tta = time_to_accuracy(df)
-        if not tta.empty:
-            tables["time_to_accuracy"] = ("time_to_accuracy", tta)
-        tables["runs"] = ("runs", runs(finished(df)))
-    if (df.status != "finished").any():
-        tables["unfinished"] = ("unfinished", unfinished(df))
+    found = tables(df, metric)
     md = []
-    for name, (kind, table) in tables.items():
-        write_table(table, kind, out / name, formats)
-        if kind != "runs":
-            md += [f"## {name}", "", to_markdown(display(table, kind)), ""]
+    for name, (table, shown) in found.items():
+        if shown is None:
+            shown = table
+        else:
+            md += [f"## {name}", "", to_markdown(shown), ""]
+        write_table(table, shown, out / name, [f for f in formats if f in ("md", "csv", "tex")])
     if with_figures and not finished(df).empty:
-        md += [f"![{p.stem}]({p.name})" for p in figures(df, out, elitism) if p.suffix == ".png"]
+        md += [f"![{p.stem}]({p.name})" for p in figures.write(df, out, elitism) if p.suffix == ".png"]
     if "md" in formats:
         (out / "report.md").write_text("\n".join(md) + "\n")
-    return {name: table for name, (_, table) in tables.items()}
+    if "html" in formats:
+        from dyntrain import html
+
+        html.write_html(paths, out / "report.html")
+    return {name: table for name, (table, _) in found.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dyntrain report", description="Tables (PAPER.md Tables 2-5, time to "
-                                     "accuracy) and figures from Ray Tune experiments and `dyntrain train` folders.")
-    parser.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR",
-                        help="Ray Tune experiment directories, `dyntrain train` output folders, or folders holding them")
-    parser.add_argument("--out", default="report", help="output folder (default: report)")
-    parser.add_argument("--format", default="md,csv,tex", help="comma-separated: md, csv, tex (default: all)")
-    parser.add_argument("--no-figures", action="store_true", help="write tables only")
-    parser.add_argument("--elitism", action="store_true", help="also plot running-maximum curves (Fig. 11)")
-    parser.add_argument("--metric", default="test_acc_at_best_val", choices=["test_acc_at_best_val", "best_val_acc"],
-                        help="accuracy of the policy table: test accuracy at the best validation epoch "
-                             "(default; equals best_val_acc under --protocol paper) or best validation accuracy")
-    args = parser.parse_args(argv)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    try:
-        bad = sorted(set(formats) - {"md", "csv", "tex"})
-        if bad or not formats:
-            raise ReportError(f"--format {args.format!r}: choose from md, csv, tex")
-        tables = report(args.paths, args.out, formats, not args.no_figures, args.elitism, args.metric)
-    except ReportError as e:
-        print(f"dyntrain report: error: {e}", file=sys.stderr)
-        return 2
-    n_done = len(tables["runs"]) if "runs" in tables else 0
-    print(f"{n_done} finished run(s) in the tables; report written to {args.out}/")
-    if "policies" in tables:
-        print(to_markdown(display(tables["policies"], "policies")))
-    if "unfinished" in tables:
-        u = tables["unfinished"]
-        print(f"{len(u)} run(s) not finished (in progress, interrupted, pending or failed), left out of the "
-              f"tables (see {args.out}/unfinished.*):", file=sys.stderr)
-        for run, row in u.iterrows():
-            print(f"  {run}: {row.status}, {_num(row.epochs_done, '.0f')}/{row.epochs} epochs", file=sys.stderr)
-    if not n_done:
-        print("no finished runs yet", file=sys.stderr)
-    return 0
+FORMATS = ("md", "csv", "tex", "html")

@@ -1,24 +1,25 @@
-"""Ray Tune adapter: the trainable, search spaces, resources, storage and restore (`dyntrain tune`).
-
-Ray stays at this edge. `trainable` is a thin adapter over `engine.Trainer`: one `dyntrain train`
-run that reports the engine's per-epoch metrics to Tune with a checkpoint. Everything about the
-search (the space, its validation against the data, the searcher, the scheduler) is decided in the
-driver before Ray starts, so a bad space costs nothing.
+"""Ray Tune at the edge: the trainable, search spaces, and `search`, one function that runs a search.
 
     from ray import tune
-    from dyntrain.tune import trainable
-    tune.Tuner(trainable, param_space={"alpha": tune.grid_search([15000, 25000]), "epochs": 50}).fit()
+    from dyntrain.tune import search
+    results = search({"alpha": tune.grid_search([15_000, 25_000]), "beta": tune.uniform(0.1, 0.9),
+                      "epochs": 50}, search="optuna", num_samples=20, gpus_per_trial=0.25)
 
-A search space maps `dyntrain train` option names (underscores) to: a scalar (fixed), a list (a grid
-over its values; a categorical choice under Optuna), or a one-key mapping that is sampled:
-{uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]} (both ends included) or
-{choice: [v, ...]}.
+`trainable` is a thin adapter over `engine.Trainer`: one `dyntrain train` run that reports the
+engine's metrics to Tune every epoch, with a checkpoint when one is due. Everything about a search
+(the space, its validation against the data, searcher, scheduler, storage) is decided before Ray
+starts, so a bad space costs nothing.
+
+A space maps TrainConfig field names to: a scalar (fixed for every trial), a list (a grid over its
+values; a categorical choice under Optuna), a one-key mapping that is sampled -- {uniform: [lo, hi]},
+{loguniform: [lo, hi]}, {randint: [lo, hi]} (both ends included) or {choice: [v, ...]}, the YAML form
+-- or any Ray Tune domain (`tune.grid_search`, `tune.loguniform`, ...), the Python form.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
+import logging
 import os
 import sys
 import tempfile
@@ -26,39 +27,42 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from dyntrain.config import POLICIES, ConfigError, TrainConfig, field_names, load_yaml
+from dyntrain.config import FIELDS, ConfigError, TrainConfig, load_yaml
+from dyntrain.sampling import POLICIES
 
-# Table 2: alpha x beta at delta 0.01, gamma 0.97 -- the paper's 21 runs.
-PAPER_GRID = {
-    "policy": "dynamic", "alpha": [15_000, 20_000, 25_000], "beta": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-    "delta": 0.01, "gamma": 0.97,
-}
+# Table 2: alpha x beta at delta 0.01, gamma 0.97 -- the paper's 21 runs. Alpha is absolute, as in the
+# paper: under the default held-out protocol the pool is 45,000 images, so 25,000 is 56 % of it (50 %
+# of the paper's 50,000 with --protocol paper). `search` prints the shares when it starts.
+PAPER_GRID = {"policy": "dynamic", "alpha": [15_000, 20_000, 25_000], "beta": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
 # Table 4/5 and the equal-budget baselines: every policy at the same alpha, with and without augmentation.
 BASELINES = {"policy": list(POLICIES), "augment": [False, True]}
 SPACES = {"paper-grid": PAPER_GRID, "baselines": BASELINES}
-PAPER_BEST = {"policy": "dynamic", "alpha": 25_000, "beta": 0.7, "delta": 0.01, "gamma": 0.97}  # Table 2's best cell
 SAMPLERS = ("uniform", "loguniform", "randint", "choice")
-TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater on each repeat of a point (--seeds with Optuna)
+TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater on each repeat of a point (seeds with Optuna)
 STATE_FILE = "state.pt"
 # Cost-aware metrics added to the engine's: GPU-seconds spent (wall seconds on CPU-only trials), and
 # the best validation accuracy per GPU-hour.
 COST_METRICS = ("gpu_s", "best_val_acc_per_gpu_h")
 MINIMISED = ("train_loss", "epoch_time_s", "wall_time_s", "gpu_s")
 TABLE_FIRST = ("val_acc", "best_val_acc", "train_loss", "subset_size")  # Tune's live table shows 4 metrics
+TRACKERS = ("mlflow",)
 
 
 # --- the trainable --------------------------------------------------------------------------------
 def trainable(config: dict[str, Any], data: Any = None) -> None:
     """Ray Tune function trainable: one `dyntrain train` run with `config` (TrainConfig keys; the rest
-    take the command's defaults), reporting each epoch's metrics with a checkpoint, and resuming from
-    `ray.tune.get_checkpoint()`. `data` is a `Dataset`, or a dict of them by dataset spec, given once
-    through `tune.with_parameters(trainable, data=...)` so that each node fetches it once from the
-    object store; without it every trial loads `config["dataset"]` itself."""
+    take their defaults), reporting every epoch's metrics, with a checkpoint when the config's
+    checkpoint schedule says so (and always at the end), and resuming from `tune.get_checkpoint()`
+    -- its own, or another trial's under PBT. `data` is a `Dataset`, or a dict of them by dataset
+    spec, given once through `tune.with_parameters(trainable, data=...)` so that each node fetches it
+    once from the object store; without it every trial loads `config["dataset"]` itself."""
     from ray import tune
 
     from dyntrain.data import load_dataset
-    from dyntrain.engine import Trainer, load_checkpoint, save_checkpoint
+    from dyntrain.engine import CheckpointSchedule, Trainer, load_checkpoint, save_checkpoint
 
+    # Ray logs a line per checkpoint; the trial table and dyntrain's own messages are what users read.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     values = dict(config)
     values["seed"] = values.get("seed", 0) + values.pop(TRIAL_INDEX, 0)
     cfg = TrainConfig.from_dict({**values, "progress": False})
@@ -73,15 +77,20 @@ def trainable(config: dict[str, Any], data: Any = None) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_checkpoint(Path(folder) / STATE_FILE))
+    schedule = CheckpointSchedule(cfg.checkpoint_every, cfg.checkpoint_interval_s)
     placement = where_am_i(gpus)
     for metrics in trainer:
         gpu_s = metrics["wall_time_s"] * (gpus or 1)
         metrics = {**metrics, "n_train": trainer.n_train, "gpu_s": gpu_s,
                    "best_val_acc_per_gpu_h": metrics["best_val_acc"] * 3600 / max(gpu_s, 1e-9), **placement}
         ordered = {k: metrics[k] for k in TABLE_FIRST} | metrics
+        if not schedule.due(trainer.epoch, last=trainer.done()):
+            tune.report(ordered)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(trainer.state_dict(), Path(folder) / STATE_FILE)
             tune.report(ordered, checkpoint=tune.Checkpoint.from_directory(folder))
+        schedule.saved()
 
 
 def where_am_i(gpus: float) -> dict[str, Any]:
@@ -107,8 +116,11 @@ def cap_gpu_memory(gpus: float) -> bool:
 # --- search spaces --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Sampled:
+    """A sampled space entry: `args` is (low, high) or the choices; `domain` the user's own Ray domain."""
+
     kind: str  # one of SAMPLERS
-    args: tuple  # (low, high) or the choices
+    args: tuple
+    domain: Any = None
 
 
 def options(value: Any) -> list:
@@ -121,29 +133,31 @@ def load_space(name_or_file: str) -> dict[str, Any]:
     if name_or_file in SPACES:
         return dict(SPACES[name_or_file])
     if not Path(name_or_file).is_file():
-        raise ConfigError(f"--space {name_or_file}: no such file, and not one of {', '.join(SPACES)}")
-    return load_yaml(name_or_file)
+        raise ConfigError(f"space {name_or_file}: no such file, and not one of {', '.join(SPACES)}")
+    return load_yaml(name_or_file, what="search space")
 
 
 def parse_space(raw: dict[str, Any]) -> dict[str, Any]:
     """Raw values -> fixed values, lists (grids) and `Sampled`; unknown keys and malformed samplers fail."""
-    unknown = sorted(set(raw) - field_names())
+    unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
-        valid = ", ".join(sorted(field_names()))
-        raise ConfigError(f"search space: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
-    ints = {k for k, v in TrainConfig().to_dict().items() if isinstance(v, int) and not isinstance(v, bool)}
+        raise ConfigError(f"search space: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(FIELDS))}")
     space = {}
     for key, value in raw.items():
+        if isinstance(value, dict) and set(value) == {"grid_search"}:
+            value = list(value["grid_search"])  # tune.grid_search([...])
         if isinstance(value, list):
             if not value:
                 raise ConfigError(f"search space: {key} is an empty list (a grid needs at least one value)")
         elif isinstance(value, dict):
-            value = _sampler(key, value, ints)
+            value = _sampler(key, value)
+        elif _is_domain(value):
+            value = _from_domain(key, value)
         space[key] = value
     return space
 
 
-def _sampler(key: str, spec: dict, ints: set[str]) -> Sampled:
+def _sampler(key: str, spec: dict) -> Sampled:
     where = f"search space: {key}: {spec}"
     if len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
         raise ConfigError(f"{where} is not a sampler: use one of {', '.join(f'{{{s}: ...}}' for s in SAMPLERS)}")
@@ -162,9 +176,32 @@ def _sampler(key: str, spec: dict, ints: set[str]) -> Sampled:
         raise ConfigError(f"{where}: loguniform needs low > 0")
     if kind == "randint" and not (float(lo).is_integer() and float(hi).is_integer()):
         raise ConfigError(f"{where}: randint needs integer bounds")
-    if kind != "randint" and key in ints:
+    if kind != "randint" and FIELDS[key] is int:
         raise ConfigError(f"{where}: {key} is an integer, sample it with {{randint: [{lo}, {hi}]}}")
     return Sampled(kind, (int(lo), int(hi)) if kind == "randint" else (lo, hi))
+
+
+def _is_domain(value: Any) -> bool:
+    from ray.tune.search.sample import Domain
+
+    return isinstance(value, Domain)
+
+
+def _from_domain(key: str, domain: Any) -> Sampled:
+    """A Ray domain, kept as the user wrote it, with the bounds or choices that validation checks."""
+    from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
+
+    if isinstance(domain, Categorical):
+        return Sampled("choice", tuple(domain.categories), domain)
+    if isinstance(domain, Integer):
+        return Sampled("randint", (domain.lower, domain.upper - 1), domain)  # Ray's upper is excluded
+    if isinstance(domain, Float):
+        if FIELDS[key] is int:
+            raise ConfigError(f"search space: {key} is an integer, sample it with tune.randint")
+        kind = "loguniform" if isinstance(domain.sampler, LogUniform) else "uniform"
+        return Sampled(kind, (domain.lower, domain.upper), domain)
+    raise ConfigError(f"search space: {key}: {type(domain).__name__} is not supported (use a grid, choice, "
+                      "uniform, loguniform or randint domain)")
 
 
 def points(space: dict[str, Any]):
@@ -188,7 +225,7 @@ def validate_space(space: dict[str, Any], n_train: Any = None) -> None:
 
 
 def to_param_space(space: dict[str, Any], search: str) -> dict[str, Any]:
-    """Ray Tune's param_space: lists are grids (grid search) or categorical choices (Optuna)."""
+    """Ray Tune's param_space: lists are grids (grid search) or categorical choices (a searcher)."""
     from ray import tune
 
     def domain(v: Any) -> Any:
@@ -196,6 +233,8 @@ def to_param_space(space: dict[str, Any], search: str) -> dict[str, Any]:
             return tune.grid_search(v) if search == "grid" else tune.choice(v)
         if not isinstance(v, Sampled):
             return v
+        if v.domain is not None:
+            return v.domain
         if v.kind == "choice":
             return tune.choice(list(v.args))
         lo, hi = v.args
@@ -207,9 +246,9 @@ def to_param_space(space: dict[str, Any], search: str) -> dict[str, Any]:
 
 
 def start_point(space: dict[str, Any]) -> dict[str, Any]:
-    """The paper's best point (the command's defaults for the other parameters), moved into the
-    domain of every searched parameter: the nearest bound of a range, the first value of a list."""
-    defaults = {**TrainConfig().to_dict(), **PAPER_BEST}
+    """The paper's best point (Table 2's best cell: the TrainConfig defaults), moved into the domain of
+    every searched parameter: the nearest bound of a range, the first value of a list."""
+    defaults = TrainConfig().to_dict()
     point = {}
     for k, v in space.items():
         if isinstance(v, list) or isinstance(v, Sampled) and v.kind == "choice":
@@ -219,42 +258,16 @@ def start_point(space: dict[str, Any]) -> dict[str, Any]:
     return point
 
 
-# --- the command ----------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dyntrain tune", allow_abbrev=False, description=(
-        "Ray Tune search over dyntrain's parameters. Training options given here fix that value for every trial."))
-    p.add_argument("--space", default="paper-grid", help="paper-grid | baselines | FILE.yaml [paper-grid]")
-    p.add_argument("--seeds", type=int, default=1, help="repeat every point with N seeds (seed, seed+1, ...) [1]")
-    p.add_argument("--search", choices=("grid", "optuna"), default="grid", help="[grid]")
-    p.add_argument("--num-samples", type=int, help="grid: repeats of the grid (fresh draws of sampled values) [1]; optuna: trials [20]")
-    p.add_argument("--metric", default="best_val_acc", help="metric to optimise, e.g. val_acc, best_val_acc_per_gpu_h [best_val_acc]")
-    p.add_argument("--mode", choices=("max", "min"), help="[min for losses and times, else max]")
-    p.add_argument("--max-concurrent", type=int, default=4, help="optuna: trials in flight at once [4]")
-    p.add_argument("--search-seed", type=int, default=0, help="optuna: sampler seed [0]")
-    p.add_argument("--scheduler", choices=("none", "asha"), default="none", help="asha: stop hopeless trials early [none]")
-    p.add_argument("--grace-period", type=int, default=10, help="asha: epochs every trial runs before it may be stopped [10]")
-    p.add_argument("--gpus-per-trial", type=float, help="fractions allowed; 0 trains on the CPU [1 if the cluster has GPUs, else 0]")
-    p.add_argument("--cpus-per-trial", type=float, default=1, help="[1]")
-    p.add_argument("--storage", default="results/ray", help="a folder, a shared mount or a URI such as s3://bucket/path [results/ray]")
-    p.add_argument("--name", help="experiment name (a folder under --storage) [the space's name]")
-    p.add_argument("--resume", action="store_true", help="continue the experiment --storage/--name, errored trials too")
-    p.add_argument("--max-failures", type=int, default=0, help="restarts of a failed trial from its last checkpoint [0]")
-    p.add_argument("--address", help="join a running Ray cluster: auto, or HOST:PORT")
-    p.add_argument("--dashboard", action="store_true", help="start the local Ray with its dashboard on 127.0.0.1:8265")
-    add_train_options(p)
-    return p
+# --- the search -----------------------------------------------------------------------------------
+def objective(metric: str, mode: str | None) -> tuple[str, str]:
+    from dyntrain.engine import METRICS
 
-
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    from dyntrain.cli import add_train_options as add
-
-    add(parser)
-
-
-def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from dyntrain.cli import train_overrides as given
-
-    return given(args)
+    metrics = [m for m in METRICS if m not in ("stopped", "resample")] + list(COST_METRICS)
+    if metric not in metrics:
+        raise ConfigError(f"metric {metric} is invalid: must be one of {', '.join(metrics)}")
+    if mode not in (None, "max", "min"):
+        raise ConfigError(f"mode {mode} is invalid: must be max or min")
+    return metric, mode or ("min" if metric in MINIMISED else "max")
 
 
 @dataclass
@@ -264,139 +277,236 @@ class Plan:
     space: dict[str, Any]
     datasets: dict[str, Any]  # dataset spec -> Dataset
     path: str  # the experiment: storage/name
+    shares: dict[tuple[int, int], float]  # (alpha, n_train) -> alpha / n_train, for the start message
 
 
-def plan(args: argparse.Namespace) -> Plan:
+def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int = 1, overrides: dict | None = None,
+         gpus_per_trial: float | None = None, cpus_per_trial: float = 1, storage: str = "results/ray",
+         name: str | None = None, resume: bool = False, address: str | None = None,
+         dashboard: bool = False, tracker: str | None = None) -> Plan:
+    """The space parsed, merged with `overrides` (fixed for every trial) and validated against the
+    data; the experiment's path checked against `resume`. Raises ConfigError; starts nothing."""
     from dyntrain.data import load_dataset, make_split
-    from dyntrain.engine import METRICS
 
-    space = parse_space({**load_space(args.space), **train_overrides(args)})
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds} is invalid: must be >= 1")
-    if args.seeds > 1:
-        if isinstance(space.get("seed"), (list, Sampled)):
-            raise ConfigError("search space: seed varies already; give seeds in the space or with --seeds, not both")
-        if args.search == "grid":
-            base = space.get("seed", 0)
-            space["seed"] = list(range(base, base + args.seeds))
-    if args.search == "optuna" and not any(isinstance(v, (list, Sampled)) for v in space.values()):
-        raise ConfigError("--search optuna needs a space with at least one list or sampler to search over")
-    metrics = [m for m in METRICS if m != "stopped"] + list(COST_METRICS)
-    if args.metric not in metrics:
-        raise ConfigError(f"--metric {args.metric} is invalid: must be one of {', '.join(metrics)}")
-    if (args.gpus_per_trial or 0) < 0 or args.cpus_per_trial <= 0:
-        raise ConfigError("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
-    if args.gpus_per_trial == 0 and "cuda" in options(space.get("device", "auto")):
-        raise ConfigError("device=cuda is invalid with --gpus-per-trial 0 (trials would see no GPU)")
-    if args.dashboard and args.address:
-        raise ConfigError("--dashboard starts a local Ray; on a cluster, open its dashboard with `ray dashboard CLUSTER.yaml`")
-    validate_space(space)  # everything that does not need the data, before loading it
+    raw = load_space(space) if isinstance(space, str) else dict(space)
+    parsed = parse_space({**raw, **(overrides or {})})
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds={seeds!r} is invalid: must be an integer >= 1")
+    if seeds > 1:
+        if isinstance(parsed.get("seed"), (list, Sampled)):
+            raise ConfigError("search space: seed varies already; give seeds in the space or with seeds, not both")
+        if search == "grid":
+            base = parsed.get("seed", 0)
+            parsed["seed"] = list(range(base, base + seeds))
+    if search == "optuna" and not any(isinstance(v, (list, Sampled)) for v in parsed.values()):
+        raise ConfigError("search optuna needs a space with at least one list or sampler to search over")
+    if isinstance(search, str) and search not in ("grid", "optuna"):
+        raise ConfigError(f"search={search!r} is invalid: must be grid, optuna or a ray.tune.search.Searcher")
+    if (gpus_per_trial or 0) < 0 or cpus_per_trial <= 0:
+        raise ConfigError("gpus_per_trial must be >= 0 and cpus_per_trial > 0")
+    if gpus_per_trial == 0 and "cuda" in options(parsed.get("device", "auto")):
+        raise ConfigError("device=cuda is invalid with gpus_per_trial 0 (trials would see no GPU)")
+    if dashboard and address:
+        raise ConfigError("dashboard starts a local Ray; on a cluster, open its dashboard with `ray dashboard CLUSTER.yaml`")
+    if tracker not in (None, *TRACKERS):
+        raise ConfigError(f"tracker={tracker!r} is invalid: must be one of {', '.join(TRACKERS)}")
+    validate_space(parsed)  # everything that does not need the data, before loading it
 
     datasets: dict[str, Any] = {}
-    for p in points(space):
+    for p in points(parsed):
         cfg = TrainConfig.from_dict(p)
         if cfg.dataset not in datasets:
             datasets[cfg.dataset] = load_dataset(cfg.dataset, cfg.data_dir)
     sizes: dict[tuple, int] = {}
+    shares: dict[tuple[int, int], float] = {}
 
     def n_train(cfg: TrainConfig) -> int:
         key = (cfg.dataset, cfg.val_size, cfg.protocol, cfg.train_limit, cfg.test_limit)
         if key not in sizes:
             sizes[key] = len(make_split(datasets[cfg.dataset], cfg.val_size, cfg.seed, *key[2:]).train_idx)
+        if cfg.policy != "full":
+            shares[cfg.alpha, sizes[key]] = cfg.alpha / sizes[key]
         return sizes[key]
 
-    validate_space(space, n_train)
-    name = args.name or Path(args.space).stem
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve())
+    validate_space(parsed, n_train)
+    name = name or (Path(space).stem if isinstance(space, str) else "search")
+    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
     path = f"{storage.rstrip('/')}/{name}"
     from ray.tune import Tuner
 
-    if args.resume and not Tuner.can_restore(path):
-        raise ConfigError(f"--resume: no experiment to restore at {path}")
-    if not args.resume and Tuner.can_restore(path):
-        raise ConfigError(f"an experiment already exists at {path}: pass --resume to continue it, or --name for a new one")
-    return Plan(space, datasets, path)
+    if resume and not Tuner.can_restore(path):
+        raise ConfigError(f"resume: no experiment to restore at {path}")
+    if not resume and Tuner.can_restore(path):
+        raise ConfigError(f"an experiment already exists at {path}: resume it, or choose another name")
+    return Plan(parsed, datasets, path, shares)
 
 
-def search(args: argparse.Namespace):
-    """Plan, start (or join) Ray, run the search; returns the ResultGrid."""
-    address = args.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", seeds: int = 1,
+           num_samples: int | None = None, metric: str = "best_val_acc", mode: str | None = None,
+           scheduler: Any = None, grace_period: int = 10, max_concurrent: int = 4, search_seed: int = 0,
+           gpus_per_trial: float | None = None, cpus_per_trial: float = 1, storage: str = "results/ray",
+           name: str | None = None, resume: bool = False, max_failures: int = 0, address: str | None = None,
+           dashboard: bool = False, callbacks: Sequence[Any] = (), tracker: str | None = None,
+           tracking_uri: str | None = None, live_report_s: float | None = 10.0, overrides: dict | None = None,
+           verbose: int = 1):
+    """Run a search and return Ray Tune's ResultGrid; everything is validated before Ray starts.
+
+    space: "paper-grid", "baselines", a YAML file, or a dict (YAML-style values or Ray domains);
+      `overrides` fixes TrainConfig fields for every trial on top of it.
+    search: "grid" (every point of the grids, `num_samples` times), "optuna" (seeded TPE from the
+      paper's best point, `max_concurrent` trials at once, its study kept in the experiment folder) or
+      any `ray.tune.search.Searcher`. scheduler: None, "asha" (stops hopeless trials after
+      `grace_period` epochs) or any `ray.tune.schedulers.TrialScheduler` (PBT, HyperBand, ...).
+    seeds: repeat every point with seeds seed, seed+1, ...  metric/mode: what the searcher, scheduler
+      and the kept best checkpoint optimise (mode defaults to min for losses and times).
+    gpus_per_trial: fractions allowed (CUDA memory is capped to the share); None: 1 when the cluster
+      has GPUs, else 0. storage: a folder, a shared mount or a URI (s3://...); the experiment is
+      storage/name. resume: continue that experiment, errored trials too. max_failures: restarts of
+      a failed trial from its last checkpoint. address: a running cluster ("auto", HOST:PORT).
+    callbacks: Ray Tune callbacks; tracker "mlflow" adds Ray's MLflowLoggerCallback (store
+      `tracking_uri`, default the experiment's mlflow.db); live_report_s: keep report.html in the
+      experiment folder current at most this often (None: no page).
+    """
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray stays on 127.0.0.1
-    p = plan(args)
+    metric, mode = objective(metric, mode)
+    if isinstance(scheduler, str) and scheduler not in ("none", "asha"):
+        raise ConfigError(f"scheduler={scheduler!r} is invalid: must be asha or a ray.tune.schedulers.TrialScheduler")
+    p = plan(space, search=search, seeds=seeds, overrides=overrides, gpus_per_trial=gpus_per_trial,
+             cpus_per_trial=cpus_per_trial, storage=storage, name=name, resume=resume, address=address,
+             dashboard=dashboard, tracker=tracker)
+    for (alpha, n), share in sorted(p.shares.items()):
+        print(f"dyntrain tune: alpha={alpha} is {share:.1%} of the {n}-image training pool (alpha is absolute)")
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter, Repeater
-    from ray.tune.search.optuna import OptunaSearch
 
     if not ray.is_initialized():
         if address:
             ray.init(address=address)
         else:
-            context = ray.init(include_dashboard=args.dashboard, dashboard_host="127.0.0.1")
-            if args.dashboard:
+            context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+            if dashboard:
                 print(f"Ray dashboard: http://{context.dashboard_url}")
-    gpus = args.gpus_per_trial
-    if gpus is None:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        print(f"dyntrain tune: {gpus} GPU per trial (set --gpus-per-trial to change)")
-    fn = tune.with_resources(tune.with_parameters(trainable, data=p.datasets), {"cpu": args.cpus_per_trial, "gpu": gpus})
-    if args.resume:
+    if gpus_per_trial is None:
+        gpus_per_trial = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        print(f"dyntrain tune: {gpus_per_trial} GPU per trial (set gpus_per_trial to change)")
+    fn = tune.with_resources(tune.with_parameters(trainable, data=p.datasets), {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    callbacks = list(callbacks) + _own_callbacks(p.path, tracker, tracking_uri, live_report_s)
+    write_environment(p.path)
+    if resume:
         return tune.Tuner.restore(p.path, trainable=fn, resume_errored=True).fit()
 
-    metric, mode = objective(args)
-    num_samples = args.num_samples or (20 if args.search == "optuna" else 1)
-    search_alg = None
-    if args.search == "optuna":
-        search_alg = OptunaSearch(points_to_evaluate=[start_point(p.space)], seed=args.search_seed)
-        if args.seeds > 1:
-            search_alg, num_samples = Repeater(search_alg, repeat=args.seeds), num_samples * args.seeds
-        search_alg = ConcurrencyLimiter(search_alg, max_concurrent=max(args.max_concurrent, args.seeds))
-    scheduler = None
-    if args.scheduler == "asha":
+    num_samples = num_samples or (20 if search == "optuna" else 1)
+    search_alg, num_samples = _searcher(search, p, metric, mode, seeds, num_samples, max_concurrent, search_seed)
+    if scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
         max_t = max(TrainConfig.from_dict(pt).epochs for pt in points(p.space))
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(args.grace_period, max_t))
-    storage, name = p.path.rsplit("/", 1)
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_period, max_t))
+    storage_path, name = p.path.rsplit("/", 1)
     tuner = tune.Tuner(
         fn,
-        param_space=to_param_space(p.space, args.search),
+        param_space=to_param_space(p.space, "grid" if search == "grid" else "searcher"),
         tune_config=tune.TuneConfig(  # reuse_actors: a trial starts in a warm process (torch and CUDA loaded)
-            metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler, num_samples=num_samples, reuse_actors=True,
+            metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler if scheduler != "none" else None,
+            num_samples=num_samples, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=1,
-            failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            name=name, storage_path=storage_path, verbose=verbose, callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            # The best checkpoint by this epoch's validation accuracy is kept as well as the latest
+            # (Ray never deletes the latest), so the best model of a search survives it.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_acc",
+                                                    checkpoint_score_order="max"),
         ),
     )
     return tuner.fit()
 
 
-def objective(args: argparse.Namespace) -> tuple[str, str]:
-    return args.metric, args.mode or ("min" if args.metric in MINIMISED else "max")
+def _searcher(search: Any, p: Plan, metric: str, mode: str, seeds: int, num_samples: int, max_concurrent: int,
+              search_seed: int) -> tuple[Any, int]:
+    """(search_alg, num_samples) for Tune: None for grids; Optuna seeded, its study in the experiment
+    folder (a JournalStorage file optuna-dashboard opens); a user's Searcher as given."""
+    if search == "grid":
+        return None, num_samples
+    from ray.tune.search import ConcurrencyLimiter, Repeater
+
+    if search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        study = None
+        if "://" not in p.path:
+            import optuna
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            Path(p.path).mkdir(parents=True, exist_ok=True)
+            study = JournalStorage(JournalFileBackend(str(Path(p.path) / "optuna.journal")))
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        search = OptunaSearch(points_to_evaluate=[start_point(p.space)], seed=search_seed, storage=study,
+                              study_name=Path(p.path).name)
+    if seeds > 1:
+        search, num_samples = Repeater(search, repeat=seeds), num_samples * seeds
+    return ConcurrencyLimiter(search, max_concurrent=max(max_concurrent, seeds)), num_samples
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    results = search(args)
+def _own_callbacks(path: str, tracker: str | None, tracking_uri: str | None, live_report_s: float | None) -> list:
+    callbacks = []
+    if tracker == "mlflow":
+        try:
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+        except ImportError as err:
+            raise ConfigError(f"tracker mlflow needs MLflow: pip install 'dyntrain[mlflow]' ({err})") from None
+        if tracking_uri is None:
+            if "://" in path:
+                raise ConfigError("tracker mlflow with remote storage needs tracking_uri (an MLflow server)")
+            Path(path).mkdir(parents=True, exist_ok=True)
+            tracking_uri = f"sqlite:///{Path(path) / 'mlflow.db'}"
+        print(f"dyntrain tune: MLflow tracking store {tracking_uri} (mlflow ui --backend-store-uri {tracking_uri})")
+        callbacks.append(MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=Path(path).name,
+                                              save_artifact=False))
+    if live_report_s and "://" not in path:
+        from dyntrain.live import LiveReport
+
+        print(f"dyntrain tune: live report {Path(path) / 'report.html'} (updated every {live_report_s:g} s)")
+        callbacks.append(LiveReport(path, every_s=live_report_s))
+    return callbacks
+
+
+def write_environment(path: str) -> None:
+    """environment.json in the experiment folder: the driver's machine, versions and command."""
+    if "://" in path:
+        return
+    import ray
+    import torch
+
+    import dyntrain
+    from dyntrain.engine import environment
+    from dyntrain.results import ENVIRONMENT, write_json
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    env = {**environment(device), "ray": ray.__version__, "dyntrain": dyntrain.__version__,
+           "command": " ".join(sys.argv)}
+    Path(path).mkdir(parents=True, exist_ok=True)
+    write_json(Path(path) / ENVIRONMENT, env)
+
+
+def best_summary(results, metric: str, mode: str) -> str | None:
+    """One line on the best trial of a finished search, or None when every trial failed."""
+    if len(results.errors) == len(results):
+        return None
+    best = results.get_best_result(metric, mode, scope="all")
+    varying = {k for r in results for k, v in r.config.items() if any(o.config.get(k) != v for o in results)}
+    point = {k: best.config[k] for k in sorted(varying)}
+    return f"best {metric} {best.metrics_dataframe[metric].agg(mode):.4f} at {point} ({best.path})"
+
+
+def unfinished_trials(experiment_path: str) -> int:
+    """Trials the saved experiment state holds as neither finished nor failed (an interrupted search).
+    The state on storage, not the ResultGrid: Tune marks trials it stopped at an interruption as
+    terminated in memory, but saved them as unfinished, and resume continues them."""
     from ray.tune import ExperimentAnalysis
 
-    # The state saved on storage, not `results`: Tune marks trials it stopped at an interruption as
-    # terminated in memory, but saved them as unfinished, and --resume continues them.
-    saved = ExperimentAnalysis(results.experiment_path).trials
-    unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in saved)
-    if unfinished:
-        print(f"dyntrain tune: interrupted with {unfinished} trial(s) unfinished; "
-              "run the same command with --resume to continue", file=sys.stderr)
-        return 130
-    for r in results.errors:
-        print(f"dyntrain tune: a trial failed: {r}", file=sys.stderr)
-    if len(results.errors) < len(results):
-        metric, mode = objective(args)
-        best = results.get_best_result(metric, mode, scope="all")
-        varying = {k for r in results for k, v in r.config.items() if any(o.config.get(k) != v for o in results)}
-        point = {k: best.config[k] for k in sorted(varying)}
-        print(f"best {metric} {best.metrics_dataframe[metric].agg(mode):.4f} at {point} ({best.path})")
-    print(f"results: {results.experiment_path}\nTensorBoard: tensorboard --logdir {results.experiment_path}")
-    return 1 if results.errors else 0
+    return sum(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(experiment_path).trials)
+

@@ -20,7 +20,10 @@ def test_bench_compares_plain_pipeline_and_engine(tiny_folder, tmp_path, capsys)
         assert r["images_per_s"] == r["images_per_epoch"] / r["epoch_times_s"][1]
     assert full["speedup_vs_plain"] == full["images_per_s"] / plain["images_per_s"]
     assert result["environment"]["torch"]
-    assert "x plain" in capsys.readouterr().out
+    for r in (full, dynamic):  # one checkpoint write, timed beside the epoch
+        assert r["checkpoint_s"] > 0 and r["checkpoint_bytes"] > 1e6
+    out = capsys.readouterr().out
+    assert "x plain" in out and "checkpoint" in out and "of an epoch" in out
 
 
 def test_a_failing_mode_is_recorded_and_the_rest_kept(tiny_folder, tmp_path, capsys):

@@ -51,28 +51,51 @@ def test_yaml_config_and_command_line_precedence(base, tmp_path):
     assert summary["config"]["alpha"] == 100
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(base, tmp_path, monkeypatch):
-    args = [*base, "--policy", "variant", "--delta", "0.05", "--augment", "--epochs", "3"]
-    assert cli.main(["train", *args, "--out", str(tmp_path / "straight")]) == 0
-
+def interrupt_at(monkeypatch, epoch: int):
+    """Ctrl-C during epoch `epoch` of the next run; returns a function that undoes it."""
     real = Trainer.run_epoch
 
-    def crash_on_epoch_3(self):
-        if self.epoch == 2:
+    def crash(self):
+        if self.epoch == epoch - 1:
             raise KeyboardInterrupt("simulated Ctrl-C")
         return real(self)
 
-    monkeypatch.setattr(Trainer, "run_epoch", crash_on_epoch_3)
+    monkeypatch.setattr(Trainer, "run_epoch", crash)
+    return lambda: monkeypatch.setattr(Trainer, "run_epoch", real)
+
+
+def test_interrupted_between_checkpoints_then_resumed_equals_uninterrupted(base, tmp_path, monkeypatch):
+    """Checkpoints every 2 epochs; Ctrl-C in epoch 4 loses epoch 3, which the resume trains again."""
+    args = [*base, "--policy", "variant", "--delta", "0.05", "--augment", "--epochs", "5", "--checkpoint-every", "2"]
+    assert cli.main(["train", *args, "--out", str(tmp_path / "straight")]) == 0
+
+    undo = interrupt_at(monkeypatch, 4)
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         cli.main(["train", *args, "--out", str(out)])
     assert not (out / "summary.json").exists()  # an unfinished run never looks finished
-    assert len(rows(out / "metrics.csv")) == 2
-    monkeypatch.setattr(Trainer, "run_epoch", real)
+    assert len(rows(out / "metrics.csv")) == 3
+    undo()
 
     assert cli.main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
     assert rows(out / "metrics.csv") == rows(tmp_path / "straight" / "metrics.csv")
-    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 3
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 5
+
+
+def test_interrupted_before_its_first_checkpoint_resumes_from_the_start(base, tmp_path, monkeypatch, capsys):
+    """The default checkpoints once a minute: a short run stopped early has none yet, and resuming
+    trains it again from its saved configuration."""
+    args = [*base, "--policy", "dynamic", "--epochs", "3"]
+    assert cli.main(["train", *args, "--out", str(tmp_path / "straight")]) == 0
+    undo = interrupt_at(monkeypatch, 2)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", *args, "--out", str(out)])
+    assert not (out / "checkpoint.pt").exists()
+    undo()
+    assert cli.main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    assert "no checkpoint yet" in capsys.readouterr().err
+    assert rows(out / "metrics.csv") == rows(tmp_path / "straight" / "metrics.csv")
 
 
 def test_resume_extends_epochs_and_refuses_other_changes(base, tmp_path, capsys):
@@ -139,3 +162,47 @@ def test_unknown_yaml_key_is_named(base, tmp_path, capsys):
 def test_top_level_usage(capsys):
     assert cli.main([]) == 2
     assert "train" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("policy: static\nalpha: [50\n", ":3: not valid YAML"),
+    ("policy: static\n  alpha: 50\n", ":2: not valid YAML"),
+    ("- 1\n- 2\n", "expected a mapping of option names to values, got list"),
+])
+def test_a_malformed_config_file_is_one_line_naming_it(base, tmp_path, capsys, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    out = tmp_path / "run"
+    assert cli.main(["train", *base, "--config", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dyntrain train: error: {bad}") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert cli.main(["tune", "--space", str(bad), "--storage", str(tmp_path / "ray")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dyntrain tune: error: {bad}") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ray").exists()
+
+
+class Planted:
+    """A pickle that would create a file when unpickled: what a hostile checkpoint.pt does."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_planted_checkpoint_is_refused_and_never_run(base, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    assert cli.main(["train", *base, "--policy", "static", "--epochs", "1", "--out", str(out)]) == 0
+    target = tmp_path / "pwned"
+    torch.save({"config": {}, "payload": Planted(target)}, out / "checkpoint.pt")
+    assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert not target.exists() and str(out / "checkpoint.pt") in err and "Traceback" not in err
+    (out / "checkpoint.pt").write_bytes(b"\x80\x02 truncated")
+    assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 2
+    assert str(out / "checkpoint.pt") in capsys.readouterr().err

@@ -17,7 +17,8 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from dyntrain import report  # noqa: E402
+from dyntrain import cli, figures, report  # noqa: E402
+from dyntrain.engine import METRICS  # noqa: E402
 from dyntrain.config import TrainConfig  # noqa: E402
 
 N_TRAIN = 400
@@ -29,8 +30,6 @@ def mean(xs):
 
 def stdev(xs):
     return statistics.stdev(float(x) for x in xs)
-COLUMNS = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "best_val_acc", "test_acc_at_best_val",
-           "subset_size", "images_seen", "resample", "beta", "epoch_time_s", "wall_time_s", "stopped"]
 
 
 def epochs_of(config: dict) -> list[dict]:
@@ -50,7 +49,7 @@ def epochs_of(config: dict) -> list[dict]:
         rows.append({"epoch": e, "train_loss": 2.0 / e, "train_acc": min(1.0, val + 0.05), "val_acc": val,
                      "test_acc": test, "best_val_acc": best, "test_acc_at_best_val": test_at_best,
                      "subset_size": size, "images_seen": seen, "resample": "I" if e > 1 else "none",
-                     "beta": cfg["beta"], "epoch_time_s": size / 100, "wall_time_s": wall,
+                     "beta_n": cfg["beta"], "epoch_time_s": size / 100, "wall_time_s": wall,
                      "stopped": "epochs" if e == cfg["epochs"] else ""})
     return rows
 
@@ -74,7 +73,7 @@ def write_train_run(out: Path, finished: bool = True, epochs_done: int | None = 
     rows = epochs_of(cfg)[:epochs_done]
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(cfg))
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "metrics.csv", index=False)
+    pd.DataFrame(rows, columns=METRICS).to_csv(out / "metrics.csv", index=False)
     if finished:
         summary = {"config": cfg, "environment": {}, "n_train": N_TRAIN, "best": {}, "final": {},
                    "total_time_s": rows[-1]["wall_time_s"]}
@@ -142,7 +141,7 @@ def test_ray_records_match_raw_per_epoch_results(ray_exps):
         assert (run.alpha.iloc[0], run.beta.iloc[0], run.seed.iloc[0]) == (params["alpha"], params["beta"], params["seed"])
         assert run.delta.iloc[0] == TrainConfig().delta  # not set in the trial: TrainConfig's default
         assert run.val_acc.tolist() == pytest.approx(records.val_acc.tolist())
-        assert run.beta_n.tolist() == pytest.approx(records.beta.tolist())
+        assert run.beta_n.tolist() == pytest.approx(records.beta_n.tolist())
 
 
 @pytest.mark.slow
@@ -289,7 +288,7 @@ def test_several_grids_must_be_chosen(tmp_path):
 def test_elitism_curves_are_running_maximum_mean(ray_exps):
     df = report.load(ray_exps / "grid")
     arm = df[(df.alpha == 100) & (df.beta == 0.1)]
-    fig = report.plot_curves(arm, elitism=True)
+    fig = figures.plot_curves(arm, elitism=True)
     y = fig.axes[0].lines[0].get_ydata()
     per_seed = [100 * arm[arm.seed == s].sort_values("epoch").val_acc.cummax() for s in (0, 1)]
     assert list(y) == pytest.approx([mean(v) for v in zip(*[p.tolist() for p in per_seed])])
@@ -298,7 +297,7 @@ def test_elitism_curves_are_running_maximum_mean(ray_exps):
 @pytest.mark.slow
 def test_main_writes_tables_and_figures(ray_exps, tmp_path, capsys):
     out = tmp_path / "out"
-    assert report.main([str(ray_exps / "grid"), str(ray_exps / "policies_error"), "--out", str(out), "--elitism"]) == 0
+    assert cli.main(["report", str(ray_exps / "grid"), str(ray_exps / "policies_error"), "--out", str(out), "--elitism"]) == 0
     captured = capsys.readouterr()
     assert "random" in captured.out and "1 run(s) not finished" in captured.err and "error" in captured.err
     for name in ("grid_best_val_acc", "grid_test_acc", "grid_time", "policies", "time_to_accuracy", "unfinished"):
@@ -317,16 +316,16 @@ def test_main_writes_tables_and_figures(ray_exps, tmp_path, capsys):
 
 def test_format_option(tmp_path):
     write_train_run(tmp_path / "runs" / "a", policy="full")
-    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--format", "csv", "--no-figures"]) == 0
+    assert cli.main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--format", "csv", "--no-figures"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["policies.csv", "runs.csv", "time_to_accuracy.csv"]
-    assert report.main([str(tmp_path / "runs"), "--format", "html"]) == 2
+    assert cli.main(["report", str(tmp_path / "runs"), "--format", "pdf"]) == 2
 
 
 def test_only_runs_in_progress(tmp_path, capsys):
     write_train_run(tmp_path / "a", policy="full", finished=False, epochs_done=1)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "config.json").write_text(json.dumps(TrainConfig().to_dict()))  # started, no epoch yet
-    assert report.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert cli.main(["report", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "no finished runs yet" in err and "in_progress, 1/2 epochs" in err and "in_progress, —/200 epochs" in err
     with pytest.raises(report.ReportError, match="no finished runs"):
@@ -360,7 +359,7 @@ def test_unreadable_directories(case, message, tmp_path, capsys):
         (d / "experiment_state-2026-01-01_00-00-00.json").write_text("{not json")
     with pytest.raises(report.ReportError, match=message):
         report.load(d)
-    assert report.main([str(d), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["report", str(d), "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -18,15 +18,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dyntrain import cli
 from dyntrain import tune as dtune
 from dyntrain.config import ConfigError
 
-TRAIN = ["--val-size", "20", "--test-limit", "20", "--batch-size", "64", "--epochs", "2"]  # 280 images in the training split
+TRAIN = {"val_size": 20, "test_limit": 20, "batch_size": 64, "epochs": 2}  # 280 images in the training split
 
 
 @pytest.fixture(scope="session")
-def data_args(tiny_folder, tmp_path_factory) -> list[str]:
-    return ["--dataset", f"folder:{tiny_folder}", "--data-dir", str(tmp_path_factory.mktemp("data")), *TRAIN]
+def data(tiny_folder, tmp_path_factory) -> dict:
+    """Training options fixed for every trial: the tiny folder, 2 epochs."""
+    return {"dataset": f"folder:{tiny_folder}", "data_dir": str(tmp_path_factory.mktemp("data")), **TRAIN}
+
+
+@pytest.fixture(scope="session")
+def data_args(data) -> list[str]:
+    """The same as command-line options."""
+    return [a for k, v in data.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def write_space(tmp_path: Path, space: dict) -> str:
@@ -35,16 +43,14 @@ def write_space(tmp_path: Path, space: dict) -> str:
     return str(path)
 
 
-def parse(*argv: str):
-    return dtune.build_parser().parse_args(list(argv))
-
-
 # --- search spaces, no Ray ------------------------------------------------------------------------
 def test_builtin_spaces_are_the_papers_grid_and_the_baselines():
     grid = list(dtune.points(dtune.parse_space(dtune.load_space("paper-grid"))))
     assert len(grid) == 21
     assert {(p["alpha"], p["beta"]) for p in grid} == {(a, b / 10) for a in (15000, 20000, 25000) for b in range(1, 8)}
-    assert all(p["delta"] == 0.01 and p["gamma"] == 0.97 and p["policy"] == "dynamic" for p in grid)
+    assert all(p["policy"] == "dynamic" for p in grid)
+    cfg = dtune.TrainConfig.from_dict(grid[0])
+    assert (cfg.delta, cfg.gamma) == (0.01, 0.97)  # the paper's, as the defaults
     base = list(dtune.points(dtune.parse_space(dtune.load_space("baselines"))))
     assert {(p["policy"], p["augment"]) for p in base} == {(q, a) for q in ("full", "static", "dynamic", "variant", "random") for a in (False, True)}
 
@@ -101,37 +107,62 @@ def test_bad_spaces_are_rejected_with_the_parameter_named(raw, message):
     assert message in str(err.value)
 
 
-def test_alpha_is_checked_against_the_training_split_before_ray(tmp_path, data_args):
+def test_alpha_is_checked_against_the_training_split_before_ray(tmp_path, data):
     # 300 training images - 20 held out for validation = 280 in the split.
     space = write_space(tmp_path, {"alpha": {"randint": [100, 281]}})
     with pytest.raises(ConfigError, match=r"alpha=281 is invalid: must be 1\.\.280 .*\(at alpha=281\)"):
-        dtune.plan(parse("--space", space, "--storage", str(tmp_path), *data_args))
+        dtune.plan(space, storage=str(tmp_path), overrides=data)
     space = write_space(tmp_path, {"alpha": [100, 140]})
-    plan = dtune.plan(parse("--space", space, "--storage", str(tmp_path), *data_args))
-    assert plan.path == f"{tmp_path}/{Path(space).stem}" and list(plan.datasets) == [data_args[1]]
+    plan = dtune.plan(space, storage=str(tmp_path), overrides=data)
+    assert plan.path == f"{tmp_path}/{Path(space).stem}" and list(plan.datasets) == [data["dataset"]]
+    assert plan.shares == {(100, 280): 100 / 280, (140, 280): 0.5}  # printed when a search starts
 
 
-def test_command_options_fix_values_and_seeds_repeat_points(tmp_path, data_args):
-    plan = dtune.plan(parse("--space", "paper-grid", "--alpha", "120", "--seeds", "3", "--storage", str(tmp_path), *data_args))
+def test_fixed_values_and_seeds_repeat_points(tmp_path, data):
+    plan = dtune.plan("paper-grid", overrides={**data, "alpha": 120}, seeds=3, storage=str(tmp_path))
     assert plan.space["alpha"] == 120 and plan.space["seed"] == [0, 1, 2] and plan.space["epochs"] == 2
     assert len(list(dtune.points(plan.space))) == 7 * 3
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--metric", "accuracy"], "--metric accuracy is invalid"),
-    (["--search", "optuna", "--space", "{space}"], "needs a space with at least one list or sampler"),
-    (["--gpus-per-trial", "0", "--device", "cuda"], "device=cuda is invalid with --gpus-per-trial 0"),
-    (["--resume", "--space", "{space}"], "--resume: no experiment to restore"),
+def test_a_dict_of_ray_domains_is_a_space(tmp_path, data):
+    """The Python form: Ray's own domains, validated like the YAML form and handed to Ray unchanged."""
+    from ray import tune
+
+    beta, alpha = tune.quniform(0.2, 0.8, 0.1), tune.randint(30, 61)
+    space = {"policy": tune.choice(["dynamic", "variant"]), "alpha": alpha, "beta": beta,
+             "delta": tune.grid_search([0.01, 0.05])}
+    plan = dtune.plan(space, storage=str(tmp_path), overrides=data)
+    assert plan.space["alpha"] == dtune.Sampled("randint", (30, 60), alpha) and plan.path.endswith("/search")
+    assert plan.space["delta"] == [0.01, 0.05]
+    param_space = dtune.to_param_space(plan.space, "grid")
+    assert param_space["beta"] is beta and param_space["delta"] == tune.grid_search([0.01, 0.05])
+    with pytest.raises(ConfigError, match=r"alpha=281 is invalid: must be 1\.\.280"):
+        dtune.plan({"alpha": tune.randint(100, 282)}, storage=str(tmp_path), overrides=data)
+    with pytest.raises(ConfigError, match="beta=1.5 is invalid"):
+        dtune.plan({"beta": tune.loguniform(0.1, 1.5)}, storage=str(tmp_path), overrides=data)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"metric": "accuracy"}, "metric accuracy is invalid"),
+    ({"search": "optuna", "space": "{space}"}, "needs a space with at least one list or sampler"),
+    ({"gpus_per_trial": 0, "overrides": {"device": "cuda"}}, "device=cuda is invalid with gpus_per_trial 0"),
+    ({"resume": True, "space": "{space}"}, "resume: no experiment to restore"),
+    ({"scheduler": "pbt"}, "scheduler='pbt' is invalid"),
+    ({"tracker": "wandb"}, "tracker='wandb' is invalid"),
 ])
-def test_bad_command_lines(tmp_path, data_args, argv, message):
+def test_bad_search_arguments(tmp_path, data, kwargs, message):
     fixed = write_space(tmp_path, {"beta": 0.5, "alpha": 100})
-    argv = [a.replace("{space}", fixed) for a in argv]
+    kwargs = {"space": "paper-grid", **kwargs}
+    kwargs["space"] = kwargs["space"].replace("{space}", fixed)
+    kwargs["overrides"] = {**data, **kwargs.get("overrides", {})}
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        dtune.plan(parse("--storage", str(tmp_path), *data_args, *argv))
+        dtune.search(storage=str(tmp_path), **kwargs)
 
 
 @pytest.mark.slow
 def test_the_command_fails_before_ray_starts(tmp_path, data_args):
+    assert "dyntrain.cli" not in subprocess.run([sys.executable, "-c", "import sys, dyntrain.tune; print(*sys.modules)"],
+                                                capture_output=True, text=True, check=True).stdout.split()
     space = write_space(tmp_path, {"beta": [0.3, 1.5], "alpha": 100})
     start = time.monotonic()
     proc = subprocess.run(
@@ -164,8 +195,9 @@ def local_ray():
     ray.shutdown()
 
 
-def run(tmp_path, data_args, *argv: str):
-    return dtune.search(parse("--storage", str(tmp_path), "--name", "exp", *data_args, *argv))
+def run(tmp_path, data, space: dict, **kwargs):
+    return dtune.search(write_space(tmp_path, space), storage=str(tmp_path), name="exp", overrides=data,
+                        live_report_s=None, verbose=0, **kwargs)
 
 
 def epochs(result) -> list[int]:
@@ -173,8 +205,8 @@ def epochs(result) -> list[int]:
 
 
 @pytest.mark.slow
-def test_grid_search_with_seeds(local_ray, tmp_path, data_args):
-    results = run(tmp_path, data_args, "--space", write_space(tmp_path, {"policy": ["dynamic", "random"], "alpha": 50}), "--seeds", "2")
+def test_grid_search_with_seeds(local_ray, tmp_path, data):
+    results = run(tmp_path, data, {"policy": ["dynamic", "random"], "alpha": 50}, seeds=2)
     assert not results.errors and len(results) == 4
     frame = results.get_dataframe()
     assert sorted(zip(frame["config/policy"], frame["config/seed"])) == [("dynamic", 0), ("dynamic", 1), ("random", 0), ("random", 1)]
@@ -187,32 +219,35 @@ def test_grid_search_with_seeds(local_ray, tmp_path, data_args):
 
 
 @pytest.mark.slow
-def test_optuna_search(local_ray, tmp_path, data_args):
-    space = write_space(tmp_path, {"beta": {"uniform": [0.2, 0.8]}, "alpha": {"randint": [30, 60]}})
-    results = run(tmp_path, data_args, "--space", space, "--search", "optuna", "--num-samples", "3", "--metric", "val_acc")
+def test_optuna_search(local_ray, tmp_path, data):
+    space = {"beta": {"uniform": [0.2, 0.8]}, "alpha": {"randint": [30, 60]}}
+    results = run(tmp_path, data, space, search="optuna", num_samples=3, metric="val_acc")
     assert not results.errors and len(results) == 3
     frame = results.get_dataframe()
     assert 0.7 in frame["config/beta"].tolist()  # the paper's best beta is tried first
     assert frame["config/alpha"].between(30, 60).all() and frame["config/beta"].between(0.2, 0.8).all()
     assert all(epochs(r) == [1, 2] for r in results)
+    import optuna  # the study is kept in the experiment folder, for optuna-dashboard
+
+    study = optuna.load_study(study_name="exp", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "exp" / "optuna.journal"))))
+    assert len(study.trials) == 3 and {t.params["beta"] for t in study.trials} == set(frame["config/beta"])
 
 
 @pytest.mark.slow
-def test_optuna_repeats_each_point_with_seeds(local_ray, tmp_path, data_args):
-    space = write_space(tmp_path, {"beta": {"uniform": [0.2, 0.8]}, "alpha": 50})
-    results = run(tmp_path, data_args, "--space", space, "--search", "optuna", "--num-samples", "1", "--seeds", "2")
+def test_optuna_repeats_each_point_with_seeds(local_ray, tmp_path, data):
+    results = run(tmp_path, data, {"beta": {"uniform": [0.2, 0.8]}, "alpha": 50}, search="optuna", num_samples=1, seeds=2)
     assert not results.errors
     frame = results.get_dataframe()  # the trainable adds Repeater's index to the seed
     assert sorted(frame["config/__trial_index__"]) == [0, 1] and frame["config/beta"].nunique() == 1
 
 
 @pytest.mark.slow
-def test_asha_stops_a_hopeless_trial(local_ray, tmp_path, data_args):
+def test_asha_stops_a_hopeless_trial(local_ray, tmp_path, data):
     # images_seen is deterministic: after epoch 1 the alpha=50 trial is behind the alpha=100 one. Two
     # CPUs per trial run them one after the other, in grid order.
-    space = write_space(tmp_path, {"policy": "static", "alpha": [100, 50]})
-    results = run(tmp_path, data_args, "--space", space, "--scheduler", "asha", "--grace-period", "1",
-                  "--metric", "images_seen", "--cpus-per-trial", "2")
+    results = run(tmp_path, data, {"policy": "static", "alpha": [100, 50]}, scheduler="asha", grace_period=1,
+                  metric="images_seen", cpus_per_trial=2)
     assert not results.errors
     by_alpha = {r.config["alpha"]: epochs(r) for r in results}
     assert by_alpha == {100: [1, 2], 50: [1]}
@@ -259,29 +294,77 @@ def starts(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_failed_trial_restarts_from_its_checkpoint(local_ray, tmp_path, data_args, monkeypatch):
+def test_failed_trial_restarts_from_its_checkpoint(local_ray, tmp_path, data, monkeypatch):
     monkeypatch.setattr(dtune, "trainable", injecting(tmp_path, fail_at_epoch=1))
-    results = run(tmp_path, data_args, "--space", write_space(tmp_path, {"beta": 0.5, "alpha": 50}), "--max-failures", "1")
+    results = run(tmp_path, data, {"beta": 0.5, "alpha": 50, "checkpoint_every": 1}, max_failures=1)
     assert not results.errors and len(results) == 1
     assert starts(tmp_path) == ["0-fresh", "0-restored"]
     assert epochs(results[0]) == [1, 2]
 
 
+COMPARED = ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "subset_size", "images_seen", "resample", "beta_n"]
+
+
+@pytest.mark.slow
+def test_a_trial_failing_between_checkpoints_ends_as_an_uninterrupted_one(local_ray, tmp_path, data, monkeypatch):
+    """Checkpoints every 2 epochs; the trial fails after epoch 3, restarts from epoch 2's checkpoint, and
+    its metrics, epoch by epoch, equal those of a trial that never failed."""
+    space = {"policy": "variant", "beta": 0.5, "alpha": 60, "delta": 0.2, "epochs": 4, "checkpoint_every": 2}
+    clean = run(tmp_path / "clean", data, space)[0].metrics_dataframe
+    monkeypatch.setattr(dtune, "trainable", injecting(tmp_path, fail_at_epoch=3))
+    results = run(tmp_path, data, space, max_failures=1)
+    assert not results.errors and starts(tmp_path) == ["0-fresh", "0-restored"]
+    frame = results[0].metrics_dataframe.drop_duplicates("epoch", keep="last")  # epoch 3 was reported twice
+    assert frame[COMPARED].reset_index(drop=True).equals(clean[COMPARED].reset_index(drop=True))
+    assert sorted(clean.resample.unique()) != ["none"]  # the sampler's state was restored, not just the model
+
+
+@pytest.mark.slow
+def test_a_trial_with_an_unreadable_checkpoint_says_so(local_ray, tmp_path, data, monkeypatch):
+    """A checkpoint corrupted on storage: the restarted trial's error names the unreadable file."""
+    real = dtune.trainable
+
+    def corrupting(config, data=None):
+        import ray.tune
+
+        report = ray.tune.report
+
+        def report_then_corrupt(metrics, checkpoint=None):
+            report(metrics, checkpoint=checkpoint)
+            if checkpoint is not None and metrics["epoch"] == 1:
+                for state in (tmp_path / "exp").rglob(dtune.STATE_FILE):
+                    state.write_bytes(state.read_bytes()[:1000])
+                raise RuntimeError("injected failure")
+
+        ray.tune.report = report_then_corrupt
+        try:
+            real(config, data)
+        finally:
+            ray.tune.report = report
+
+    monkeypatch.setattr(dtune, "trainable", corrupting)
+    results = run(tmp_path, data, {"beta": 0.5, "alpha": 50, "checkpoint_every": 1}, max_failures=1)
+    assert len(results.errors) == 1
+    assert dtune.STATE_FILE in str(results.errors[0]) and "CheckpointError" in str(results.errors[0])
+
+
 @pytest.mark.slow
 def test_interrupted_experiment_resumes_without_redoing_finished_trials(local_ray, tmp_path, data_args, monkeypatch, capsys):
     monkeypatch.setattr(dtune, "trainable", injecting(tmp_path, interrupt_seed=1))
-    argv = ["--storage", str(tmp_path), "--name", "exp", "--space", write_space(tmp_path, {"beta": 0.5, "alpha": 50}),
-            "--seeds", "2", "--cpus-per-trial", "2", *data_args]
-    assert dtune.main(argv) == 130
+    space = write_space(tmp_path, {"beta": 0.5, "alpha": 50})
+    argv = ["tune", "--storage", str(tmp_path), "--name", "exp", "--space", space, "--seeds", "2", "--cpus-per-trial", "2",
+            "--live-report-s", "0", *data_args]
+    assert cli.main(argv) == 130
     assert "run the same command with --resume" in capsys.readouterr().err
     assert starts(tmp_path) == ["0-fresh", "1-fresh"]
-    assert dtune.main([*argv, "--resume"]) == 0
+    assert cli.main([*argv, "--resume"]) == 0
     assert starts(tmp_path)[:2] == ["0-fresh", "1-fresh"] and len(starts(tmp_path)) == 3  # seed 0 not redone
     from ray import tune
 
     results = tune.Tuner.restore(f"{tmp_path}/exp", trainable=dtune.trainable).get_results()
     assert sorted(r.config["seed"] for r in results) == [0, 1] and all(epochs(r) == [1, 2] for r in results)
-    assert "an experiment already exists" in str(pytest.raises(ConfigError, dtune.plan, parse(*argv)).value)
+    with pytest.raises(ConfigError, match="an experiment already exists"):
+        dtune.plan(space, storage=str(tmp_path), name="exp")
 
 
 @pytest.mark.slow
@@ -305,4 +388,21 @@ def test_trainable_in_a_users_own_tuner(local_ray, tmp_path, tiny_folder):
                          run_config=tune.RunConfig(storage_path=str(tmp_path), name="own", verbose=0)).fit()
     assert not results.errors
     assert sorted(r.metrics["subset_size"] for r in results) == [30, 60]
-    assert all(r.metrics["beta"] == 0.7 for r in results)  # the default beta, as `dyntrain train`
+    assert all(r.metrics["beta_n"] == 0.7 for r in results)  # the default beta, as `dyntrain train`
+
+
+@pytest.mark.slow
+def test_a_users_pbt_perturbs_beta(local_ray, tmp_path, data):
+    """A user's own scheduler: PBT clones the better trial's checkpoint into the worse one with a
+    perturbed beta, so a trial resumes from a checkpoint it did not write."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, seed=0,
+                                  hyperparam_mutations={"beta": [0.2, 0.4, 0.6, 0.8]})
+    space = {"policy": "dynamic", "alpha": 60, "beta": [0.2, 0.8], "delta": 0.5, "epochs": 3, "checkpoint_every": 1}
+    results = run(tmp_path, data, space, scheduler=pbt, metric="val_acc", cpus_per_trial=1)
+    assert not results.errors and len(results) == 2
+    assert all(r.metrics_dataframe.epoch.max() == 3 for r in results)
+    # PBT logs each exploitation (the clone of a checkpoint into another trial) to pbt_global.txt.
+    exploits = (tmp_path / "exp" / "pbt_global.txt").read_text().splitlines()
+    assert exploits, "PBT never exploited: no trial restored another's checkpoint"
