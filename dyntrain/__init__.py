@@ -14,4 +14,4 @@ __all__ = [
     "ConfigError", "DataError", "Dataset", "TrainConfig", "Trainer",
     "load_checkpoint", "load_dataset", "make_policy", "make_split", "save_checkpoint",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

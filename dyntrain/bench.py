@@ -37,7 +37,6 @@ MEASURED = ("Measured: see results/bench/ (the README's first table): the device
 
 def bench_plain(data: Dataset, cfg: TrainConfig, epochs: int, workers: int, device: torch.device) -> dict[str, Any]:
     from PIL import Image
-    from torch.utils.data import DataLoader
     from torchvision import transforms
 
     split = make_split(data, cfg.val_size, cfg.seed, cfg.protocol, cfg.train_limit, cfg.test_limit)

@@ -40,10 +40,6 @@ class Dataset:
     test_x: np.ndarray
     test_y: np.ndarray
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
 
 def load_dataset(spec: str, data_dir: str = "data", progress: bool = True) -> Dataset:
     """`spec` is "cifar10" or "cifar100" (torchvision, downloaded into `data_dir` if absent) or "folder:PATH"

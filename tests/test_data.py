@@ -49,7 +49,7 @@ def test_folder_layout_labels_and_pixels(tiny_folder, tmp_path, cifar_tar):
     ds = load(tiny_folder, tmp_path / "data")
     assert ds.name == f"folder:{tiny_folder.resolve()}"
     assert ds.classes == CLASSES == sorted(p.name for p in (tiny_folder / "train").iterdir())
-    assert ds.num_classes == 10
+    assert len(ds.classes) == 10
     for x, y, n in ((ds.train_x, ds.train_y, 30), (ds.test_x, ds.test_y, 10)):
         assert x.shape == (10 * n, 3, 32, 32) and x.dtype == np.uint8 and x.flags.c_contiguous
         assert y.dtype == np.int64 and np.array_equal(np.bincount(y), [n] * 10)

@@ -4,16 +4,13 @@ data, then `dyntrain report` over both, its numbers checked against the raw per-
 from __future__ import annotations
 
 import json
-import os
 import statistics
-
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pandas as pd
 import pytest
 import yaml
 
-from dyntrain import cli, report
+from dyntrain import cli
 
 DATA = ["--val-size", "40", "--test-limit", "50", "--batch-size", "64", "--epochs", "2", "--no-progress"]
 

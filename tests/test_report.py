@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import statistics
 import sys
@@ -15,11 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-from dyntrain import cli, figures, report  # noqa: E402
-from dyntrain.engine import METRICS  # noqa: E402
-from dyntrain.config import TrainConfig  # noqa: E402
+from dyntrain import cli, figures, report
+from dyntrain.engine import METRICS
+from dyntrain.config import TrainConfig
 
 N_TRAIN = 400
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a one-node Ray on 127.0.0.1
-
 import signal
 import subprocess
 import sys
