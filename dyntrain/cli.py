@@ -229,19 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     from dyntrain.data import DataError
+    from dyntrain.engine import CheckpointError
     from dyntrain.results import ReportError
 
     try:
         return COMMANDS[command][0](rest)
-    except (ConfigError, DataError, ReportError, _checkpoint_error()) as err:
+    except (ConfigError, DataError, ReportError, CheckpointError) as err:
         print(f"dyntrain {command}: error: {err}", file=sys.stderr)
         return 2
-
-
-def _checkpoint_error() -> type[Exception]:
-    from dyntrain import engine
-
-    return getattr(engine, "CheckpointError", ConfigError)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """The epoch loop: train on the subset A, evaluate, ask the sampling policy (PAPER.md "Steps").
 
     trainer = Trainer(cfg, load_dataset(cfg.dataset, cfg.data_dir))
-    for metrics in trainer:          # one dict per epoch, METRICS keys
-        save_checkpoint(trainer.state_dict(), path)
+    trainer.load_state_dict(load_checkpoint(path))   # to resume; CheckpointError unless it is data
+    schedule = CheckpointSchedule(every=None, interval_s=60.0)
+    for metrics in trainer:                          # one dict per epoch, METRICS keys
+        if schedule.due(metrics["epoch"], last=trainer.done()):
+            save_checkpoint(trainer.state_dict(), path)
+            schedule.saved()
 
 Performance by design: the split is moved to the device once as uint8; an epoch is a device
 `randperm` of A and fixed-shape gathers; loss and accuracy are summed on the device and read once
@@ -13,6 +17,9 @@ Fixed batch shapes without dropping data: when alpha is not a multiple of the ba
 batch is filled up with images from the start of the epoch's permutation and those fillers get
 weight 0 in the loss. Every image of A is trained on exactly once per epoch, and `images_seen`
 counts alpha per epoch.
+
+Checkpoints are data: tensors, lists, dicts, str/int/float/bool/None, loaded with torch.load's
+weights_only unpickler, which constructs nothing else and so cannot run code planted in a file.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import time
-from typing import Any, Iterator
+import warnings
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,9 +43,11 @@ from dyntrain.model import PaperNet
 
 METRICS = (
     "epoch", "train_loss", "train_acc", "val_acc", "test_acc", "best_val_acc", "test_acc_at_best_val",
-    "subset_size", "images_seen", "resample", "beta", "epoch_time_s", "wall_time_s", "stopped",
+    "subset_size", "images_seen", "resample", "beta_n", "epoch_time_s", "wall_time_s", "stopped",
 )
 EVAL_BATCH = 1024
+CHECKPOINT_FORMAT = 2  # 1: before format keys, with numpy arrays in the policy state (not loadable as data)
+CHECKPOINT_KEYS = ("format", "config", "model", "optimizer", "policy", "generator", "torch_rng", "history")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,12 +117,16 @@ class Trainer:
     def _step(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns (weighted loss sum, correct count) as a device tensor."""
         logits = self._logits(x)
+        # The loss and its sums in fp32: under bf16 autocast the logits are bf16 (about 3 digits).
         losses = F.cross_entropy(logits.float(), y, reduction="none")
-        loss = (losses * w).sum() / w.sum()
+        loss = (losses * w).sum() / w.sum()  # the mean over the batch's real images (fillers weigh 0)
+        # Zeroed in place, not freed: a captured CUDA graph writes the gradients to fixed addresses,
+        # and buffers set to None would be reallocated elsewhere on the next backward.
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         self.optimizer.step()
         correct = ((logits.argmax(1) == y).float() * w).sum()
+        # Stays on the device: reading it here (.item()) would synchronise every batch.
         return torch.stack([(losses.detach() * w).sum(), correct])
 
     def _train_epoch(self, subset: torch.Tensor) -> torch.Tensor:
@@ -174,11 +189,11 @@ class Trainer:
         train_totals = self._train_epoch(subset)
         val_correct = self._correct(self.val_x, self.val_y)
         test_correct = val_correct if self.val_is_test else self._correct(self.test_x, self.test_y)
-        # The one host synchronisation of the epoch.
+        # The one host synchronisation of the epoch. Counts are float32 sums, exact below 2**24.
         loss_sum, train_correct, val_c, test_c = torch.cat([train_totals, val_correct[None], test_correct[None]]).tolist()
         n = subset.numel()
         val_acc, test_acc = val_c / self.n_val, test_c / self.n_test
-        decision = self.policy.update(epoch, val_acc)
+        decision = self.policy.update(epoch, round(val_c), self.n_val)  # decides on counts, exactly
         prev = self.history[-1] if self.history else None
         improved = prev is None or val_acc > prev["best_val_acc"]
         metrics: dict[str, Any] = {
@@ -192,7 +207,7 @@ class Trainer:
             "subset_size": n,
             "images_seen": (prev["images_seen"] if prev else 0) + n,
             "resample": decision.resample,
-            "beta": decision.beta,
+            "beta_n": decision.beta,
             "epoch_time_s": time.perf_counter() - start,
         }
         metrics["wall_time_s"] = (prev["wall_time_s"] if prev else 0.0) + metrics["epoch_time_s"]
@@ -203,14 +218,16 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain data only (CHECKPOINT_KEYS), so that `load_checkpoint` reads it as data."""
         return {
+            "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "policy": self.policy.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "history": [dict(m) for m in self.history],
+            "history": [dict(m) for m in self.history],  # str/int/float values
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -294,7 +311,7 @@ class _GraphStep:
             with torch.cuda.graph(self.graph):
                 self.out = self.step(self.x, self.y, self.w)
         self.graph.replay()
-        return self.out.clone()
+        return self.out.clone()  # the next replay overwrites self.out
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -308,13 +325,83 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is not data dyntrain wrote: it would run code, is truncated or corrupt,
+    or lacks keys. The message is one line and names the file."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Atomic: a crash mid-write leaves the previous checkpoint intact."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    import io
+
+    from dyntrain.results import atomic_write  # the run-folder format's one writer (it imports this module)
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A `Trainer.state_dict()` saved by `save_checkpoint`, read as data: torch's weights_only
+    unpickler builds tensors and plain containers and refuses any other object, so a planted file
+    cannot run code. Anything else (code, truncated or random bytes, an empty file, another format)
+    raises CheckpointError; a file that cannot be opened raises OSError as usual."""
+    name = os.fspath(path)
+    with open(name, "rb") as file, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's pickle-protocol warnings about a file we refuse anyway
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError, RuntimeError, OSError, EOFError, KeyError, ... by damage
+            raise CheckpointError(f"{name}: not a dyntrain checkpoint that loads as data ({_why(exc)}); "
+                                  "refusing to execute it") from None  # one line, no chained traceback
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{name}: not a dyntrain checkpoint (holds a {type(state).__name__}, not a dict)")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format")
+        raise CheckpointError(f"{name}: not a dyntrain checkpoint of format {CHECKPOINT_FORMAT} (format {found!r})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{name}: not a complete dyntrain checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+def _why(exc: Exception) -> str:
+    """One line on why torch.load failed, without torch's advice to allowlist globals or to load
+    with weights_only=False (which would run the file)."""
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:
+        text = re.split(r" (?:Please use|Check the documentation)", text.split("WeightsUnpickler error:", 1)[1])[0]
+    elif "zip archive" in text or isinstance(exc, OSError):  # torch's zip reader on a cut-off file
+        text = f"truncated or corrupt: {'not a complete zip archive' if 'zip archive' in text else text}"
+    elif isinstance(exc, EOFError):
+        text = "empty or truncated"
+    return f"{type(exc).__name__}: {text.strip()[:200]}"
+
+
+class CheckpointSchedule:
+    """When to write a checkpoint after an epoch: always after the last one; every `every` epochs
+    (1-based epoch numbers, so the cadence survives a resume) when `every` is set; and whenever
+    `interval_s` seconds have passed since the last save (or since the schedule was made) when
+    `interval_s` is set. Pure: the clock is injected; call `saved()` after writing.
+
+    Suggested defaults: every=None, interval_s=60 -- at most about a minute of work lost, and for the
+    paper's network a ~13 MB write (weights and Adam state) a minute, plus the final checkpoint."""
+
+    def __init__(self, every: int | None = None, interval_s: float | None = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ConfigError(f"checkpoint_every={every!r} is invalid: expected an integer >= 1 or None")
+        if interval_s is not None and not 0 <= interval_s < math.inf:
+            raise ConfigError(f"checkpoint_interval_s={interval_s!r} is invalid: expected a number >= 0 or None")
+        self.every, self.interval_s, self.clock = every, interval_s, clock
+        self.last_save = clock()
+
+    def due(self, epoch: int, last: bool) -> bool:
+        if last:
+            return True
+        if self.every is not None and epoch % self.every == 0:
+            return True
+        return self.interval_s is not None and self.clock() - self.last_save >= self.interval_s
+
+    def saved(self) -> None:
+        self.last_save = self.clock()

@@ -11,7 +11,7 @@ import torch
 from dyntrain import augment
 from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.data import load_dataset
-from dyntrain.engine import METRICS, Trainer, epoch_batches, load_checkpoint, save_checkpoint
+from dyntrain.engine import METRICS, CheckpointSchedule, Trainer, epoch_batches, load_checkpoint, save_checkpoint
 from dyntrain.model import PaperNet
 
 TIMING = {"epoch_time_s", "wall_time_s"}
@@ -119,6 +119,28 @@ def test_checkpoint_resume_is_exact(data, tmp_path):
     assert [m["epoch"] for m in rest] == [2, 3]
     assert not (tmp_path / "ckpt.pt.tmp").exists()
     pickle.dumps(resumed.state_dict())  # the whole state serialises
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(data, tmp_path):
+    """Checkpoints every 2 epochs; the run dies after epoch 3; a fresh Trainer resumed from the
+    epoch-2 checkpoint and run to epoch 5 reports what an uninterrupted 5-epoch run reports."""
+    cfg = tiny(policy="variant", epochs=5, delta=0.05, augment=True, batchnorm=True, train_limit=200, alpha=64)
+    straight = without_timing(list(Trainer(cfg, data)))
+    path = tmp_path / "checkpoint.pt"
+    first, schedule, saved_at = Trainer(cfg, data), CheckpointSchedule(every=2, interval_s=None), []
+    for m in first:
+        if schedule.due(m["epoch"], last=first.done()):
+            save_checkpoint(first.state_dict(), path)
+            schedule.saved()
+            saved_at.append(m["epoch"])
+        if m["epoch"] == 3:
+            break  # killed between the checkpoints of epochs 2 and 4
+    assert saved_at == [2]
+    resumed = Trainer(cfg, data)
+    resumed.load_state_dict(load_checkpoint(path))
+    assert resumed.epoch == 2
+    assert [m["epoch"] for m in resumed] == [3, 4, 5]
+    assert without_timing(resumed.history) == straight
 
 
 def test_extend_finished_run_with_more_epochs(data):
