@@ -416,12 +416,19 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
             name=name, storage_path=storage_path, verbose=verbose, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             # The best checkpoint by this epoch's validation accuracy is kept as well as the latest
-            # (Ray never deletes the latest), so the best model of a search survives it.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_acc",
-                                                    checkpoint_score_order="max"),
+            # (Ray never deletes the latest), so the best model of a search survives it. PBT clones
+            # checkpoints between trials and needs a few more kept (Ray's PBT examples keep 4).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if _clones_checkpoints(scheduler) else 1,
+                                                    checkpoint_score_attribute="val_acc", checkpoint_score_order="max"),
         ),
     )
     return tuner.fit()
+
+
+def _clones_checkpoints(scheduler: Any) -> bool:
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    return isinstance(scheduler, PopulationBasedTraining)
 
 
 def _searcher(search: Any, p: Plan, metric: str, mode: str, seeds: int, num_samples: int, max_concurrent: int,

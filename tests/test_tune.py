@@ -36,6 +36,7 @@ def data_args(data) -> list[str]:
 
 
 def write_space(tmp_path: Path, space: dict) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"space-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(space))
     return str(path)
@@ -194,7 +195,9 @@ def local_ray():
 
 
 def run(tmp_path, data, space: dict, **kwargs):
-    return dtune.search(write_space(tmp_path, space), storage=str(tmp_path), name="exp", overrides=data,
+    """A search over `space` on the tiny data (whose options the space may change)."""
+    fixed = {k: v for k, v in data.items() if k not in space}
+    return dtune.search(write_space(tmp_path, space), storage=str(tmp_path), name="exp", overrides=fixed,
                         live_report_s=None, verbose=0, **kwargs)
 
 
@@ -314,7 +317,7 @@ def test_a_trial_failing_between_checkpoints_ends_as_an_uninterrupted_one(local_
     assert not results.errors and starts(tmp_path) == ["0-fresh", "0-restored"]
     frame = results[0].metrics_dataframe.drop_duplicates("epoch", keep="last")  # epoch 3 was reported twice
     assert frame[COMPARED].reset_index(drop=True).equals(clean[COMPARED].reset_index(drop=True))
-    assert sorted(clean.resample.unique()) != ["none"]  # the sampler's state was restored, not just the model
+    assert sorted(clean["resample"].unique()) != ["none"]  # the sampler's state was restored, not just the model
 
 
 @pytest.mark.slow
@@ -347,9 +350,9 @@ def test_a_trial_with_an_unreadable_checkpoint_says_so(local_ray, tmp_path, data
 
 
 @pytest.mark.slow
-def test_interrupted_experiment_resumes_without_redoing_finished_trials(local_ray, tmp_path, data_args, monkeypatch, capsys):
+def test_interrupted_experiment_resumes_without_redoing_finished_trials(local_ray, tmp_path, data, data_args, monkeypatch, capsys):
     monkeypatch.setattr(dtune, "trainable", injecting(tmp_path, interrupt_seed=1))
-    space = write_space(tmp_path, {"beta": 0.5, "alpha": 50})
+    space = write_space(tmp_path, {"beta": 0.5, "alpha": 50, "checkpoint_every": 1})
     argv = ["tune", "--storage", str(tmp_path), "--name", "exp", "--space", space, "--seeds", "2", "--cpus-per-trial", "2",
             "--live-report-s", "0", *data_args]
     assert cli.main(argv) == 130
@@ -362,7 +365,7 @@ def test_interrupted_experiment_resumes_without_redoing_finished_trials(local_ra
     results = tune.Tuner.restore(f"{tmp_path}/exp", trainable=dtune.trainable).get_results()
     assert sorted(r.config["seed"] for r in results) == [0, 1] and all(epochs(r) == [1, 2] for r in results)
     with pytest.raises(ConfigError, match="an experiment already exists"):
-        dtune.plan(space, storage=str(tmp_path), name="exp")
+        dtune.plan(space, storage=str(tmp_path), name="exp", overrides=data)
 
 
 @pytest.mark.slow
@@ -395,7 +398,7 @@ def test_a_users_pbt_perturbs_beta(local_ray, tmp_path, data):
     perturbed beta, so a trial resumes from a checkpoint it did not write."""
     from ray.tune.schedulers import PopulationBasedTraining
 
-    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, seed=0,
+    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
                                   hyperparam_mutations={"beta": [0.2, 0.4, 0.6, 0.8]})
     space = {"policy": "dynamic", "alpha": 60, "beta": [0.2, 0.8], "delta": 0.5, "epochs": 3, "checkpoint_every": 1}
     results = run(tmp_path, data, space, scheduler=pbt, metric="val_acc", cpus_per_trial=1)
@@ -404,3 +407,23 @@ def test_a_users_pbt_perturbs_beta(local_ray, tmp_path, data):
     # PBT logs each exploitation (the clone of a checkpoint into another trial) to pbt_global.txt.
     exploits = (tmp_path / "exp" / "pbt_global.txt").read_text().splitlines()
     assert exploits, "PBT never exploited: no trial restored another's checkpoint"
+
+
+@pytest.mark.slow
+def test_mlflow_tracker_logs_every_trial(local_ray, tmp_path, data):
+    """--tracker mlflow: MLflow's own client reads back each trial's alpha/beta and its val_acc per epoch."""
+    from mlflow.tracking import MlflowClient
+
+    results = run(tmp_path, data, {"policy": "dynamic", "alpha": [40, 60], "beta": 0.5}, tracker="mlflow")
+    assert not results.errors
+    client = MlflowClient(f"sqlite:///{tmp_path / 'exp' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("exp")
+    logged = client.search_runs([experiment.experiment_id])
+    assert sorted(int(r.data.params["alpha"]) for r in logged) == [40, 60]
+    assert {r.data.params["beta"] for r in logged} == {"0.5"}
+    by_alpha = {r.config["alpha"]: r.metrics_dataframe for r in results}
+    for r in logged:
+        history = client.get_metric_history(r.info.run_id, "val_acc")
+        ray_history = by_alpha[int(r.data.params["alpha"])]
+        assert [h.step for h in sorted(history, key=lambda h: h.step)] == [1, 2]
+        assert [h.value for h in sorted(history, key=lambda h: h.step)] == pytest.approx(ray_history.val_acc.tolist())

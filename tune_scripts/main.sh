@@ -37,5 +37,5 @@ else
     --name "$NAME-cpu" "$@"
   NAME="$NAME-cpu"
 fi
-.venv/bin/dyntrain report "results/ray/$NAME" --out "results/ray/$NAME-report" --format md,csv
+.venv/bin/dyntrain report "results/ray/$NAME" --out "results/ray/$NAME-report" --format md,csv,html
 echo "main.sh: tables and figures in results/ray/$NAME-report"
