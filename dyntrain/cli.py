@@ -111,11 +111,12 @@ def train(argv: Sequence[str]) -> int:
 
 # --- dyntrain tune --------------------------------------------------------------------------------
 def tune(argv: Sequence[str]) -> int:
+    from dyntrain import spaces
     from dyntrain import tune as dtune
 
     p = argparse.ArgumentParser(prog="dyntrain tune", allow_abbrev=False, description=(
         "Ray Tune search over dyntrain's parameters. Training options given here fix that value for every trial."))
-    p.add_argument("--space", default="paper-grid", help=f"{' | '.join(dtune.SPACES)} | FILE.yaml [paper-grid]")
+    p.add_argument("--space", default="paper-grid", help=f"{' | '.join(spaces.SPACES)} | FILE.yaml [paper-grid]")
     p.add_argument("--seeds", type=int, default=1, help="repeat every point with N seeds (seed, seed+1, ...) [1]")
     p.add_argument("--search", choices=("grid", "optuna"), default="grid", help="[grid]")
     p.add_argument("--num-samples", type=int, help="grid: repeats of the grid (fresh draws of sampled values) [1]; optuna: trials [20]")

@@ -289,7 +289,7 @@ def write_table(table: pd.DataFrame, shown: pd.DataFrame, stem: Path, formats) -
     """csv: the raw numbers (seconds, fractions, percent as in the table); md and tex: `shown`."""
     paths = []
     for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
+        path = stem.with_name(f"{stem.name}.{fmt}")  # not with_suffix: a grid named lr=0.001 keeps its dot
         if fmt == "csv":
             flat = table.copy()
             if isinstance(flat.columns, pd.MultiIndex):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dyntrain import cli, report, sampling, tune
+from dyntrain import cli, report, sampling, spaces
 from dyntrain.config import FIELDS, RESUMABLE_CHANGES, RUNTIME, ConfigError, TrainConfig
 
 
@@ -36,7 +36,7 @@ def test_every_sampling_policy_is_a_choice_everywhere(capsys, tmp_path):
         TrainConfig(policy=name).validate()
     with pytest.raises(ConfigError, match="policy='greedy' is invalid: must be one of " + ", ".join(names)):
         TrainConfig(policy="greedy").validate()
-    assert tune.BASELINES["policy"] == names
+    assert spaces.BASELINES["policy"] == names
     assert set(report.PARAMS) == {p for cls in sampling.POLICIES.values() for p in cls.params}
     for name in names:  # one finished train folder per policy: each is an arm of the policy table
         out = tmp_path / name

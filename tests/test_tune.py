@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from dyntrain import cli
+from dyntrain import spaces
 from dyntrain import tune as dtune
-from dyntrain.config import ConfigError
+from dyntrain.config import ConfigError, TrainConfig
 
 TRAIN = {"val_size": 20, "test_limit": 20, "batch_size": 64, "epochs": 2}  # 280 images in the training split
 
@@ -44,39 +45,39 @@ def write_space(tmp_path: Path, space: dict) -> str:
 
 # --- search spaces, no Ray ------------------------------------------------------------------------
 def test_builtin_spaces_are_the_papers_grid_and_the_baselines():
-    grid = list(dtune.points(dtune.parse_space(dtune.load_space("paper-grid"))))
+    grid = list(spaces.points(spaces.parse_space(spaces.load_space("paper-grid"))))
     assert len(grid) == 21
     assert {(p["alpha"], p["beta"]) for p in grid} == {(a, b / 10) for a in (15000, 20000, 25000) for b in range(1, 8)}
     assert all(p["policy"] == "dynamic" for p in grid)
-    cfg = dtune.TrainConfig.from_dict(grid[0])
+    cfg = TrainConfig.from_dict(grid[0])
     assert (cfg.delta, cfg.gamma) == (0.01, 0.97)  # the paper's, as the defaults
-    base = list(dtune.points(dtune.parse_space(dtune.load_space("baselines"))))
+    base = list(spaces.points(spaces.parse_space(spaces.load_space("baselines"))))
     assert {(p["policy"], p["augment"]) for p in base} == {(q, a) for q in ("full", "static", "dynamic", "variant", "random") for a in (False, True)}
 
 
 def test_yaml_space_scalars_lists_and_samplers(tmp_path):
     from ray import tune
 
-    raw = dtune.load_space(write_space(tmp_path, {
+    raw = spaces.load_space(write_space(tmp_path, {
         "epochs": 3, "alpha": [100, 200], "beta": {"uniform": [0.1, 0.9]}, "lr": {"loguniform": [1e-4, 1e-2]},
         "val-size": {"randint": [40, 60]}, "policy": {"choice": ["dynamic", "variant"]},
     }))
-    space = dtune.parse_space(raw)
+    space = spaces.parse_space(raw)
     assert space["epochs"] == 3 and space["alpha"] == [100, 200]
-    assert space["val_size"] == dtune.Sampled("randint", (40, 60))
-    grid = dtune.to_param_space(space, "grid")
+    assert space["val_size"] == spaces.Sampled("randint", (40, 60))
+    grid = spaces.to_param_space(space, "grid")
     assert grid["alpha"] == tune.grid_search([100, 200]) and grid["epochs"] == 3
     assert isinstance(grid["beta"], tune.search.sample.Float) and (grid["beta"].lower, grid["beta"].upper) == (0.1, 0.9)
     assert (grid["val_size"].lower, grid["val_size"].upper) == (40, 61)  # randint's high is included
-    assert isinstance(dtune.to_param_space(space, "optuna")["alpha"], tune.search.sample.Categorical)
+    assert isinstance(spaces.to_param_space(space, "optuna")["alpha"], tune.search.sample.Categorical)
     # bounds and choices are what validation checks: 2 alphas x 2 betas x 2 lrs x 2 val sizes x 2 policies
-    assert len(list(dtune.points(space))) == 32
+    assert len(list(spaces.points(space))) == 32
 
 
 def test_optuna_starts_at_the_papers_best_point_moved_into_the_space():
-    space = dtune.parse_space({"alpha": {"randint": [100, 200]}, "beta": {"uniform": [0.1, 0.9]}, "delta": [0.05, 0.01],
+    space = spaces.parse_space({"alpha": {"randint": [100, 200]}, "beta": {"uniform": [0.1, 0.9]}, "delta": [0.05, 0.01],
                                "gamma": {"choice": [0.5, 0.9]}, "lr": {"loguniform": [1e-4, 1e-2]}, "epochs": 3})
-    assert dtune.start_point(space) == {"alpha": 200, "beta": 0.7, "delta": 0.01, "gamma": 0.5, "lr": 1e-3}
+    assert spaces.start_point(space) == {"alpha": 200, "beta": 0.7, "delta": 0.01, "gamma": 0.5, "lr": 1e-3}
 
 
 def test_a_fraction_of_a_gpu_caps_the_trials_cuda_memory_to_its_share(monkeypatch):
@@ -102,7 +103,7 @@ def test_a_fraction_of_a_gpu_caps_the_trials_cuda_memory_to_its_share(monkeypatc
 ])
 def test_bad_spaces_are_rejected_with_the_parameter_named(raw, message):
     with pytest.raises(ConfigError) as err:
-        dtune.validate_space(dtune.parse_space(raw))
+        spaces.validate_space(spaces.parse_space(raw))
     assert message in str(err.value)
 
 
@@ -120,7 +121,7 @@ def test_alpha_is_checked_against_the_training_split_before_ray(tmp_path, data):
 def test_fixed_values_and_seeds_repeat_points(tmp_path, data):
     plan = dtune.plan("paper-grid", overrides={**data, "alpha": 120}, seeds=3, storage=str(tmp_path))
     assert plan.space["alpha"] == 120 and plan.space["seed"] == [0, 1, 2] and plan.space["epochs"] == 2
-    assert len(list(dtune.points(plan.space))) == 7 * 3
+    assert len(list(spaces.points(plan.space))) == 7 * 3
 
 
 def test_a_dict_of_ray_domains_is_a_space(tmp_path, data):
@@ -131,9 +132,9 @@ def test_a_dict_of_ray_domains_is_a_space(tmp_path, data):
     space = {"policy": tune.choice(["dynamic", "variant"]), "alpha": alpha, "beta": beta,
              "delta": tune.grid_search([0.01, 0.05])}
     plan = dtune.plan(space, storage=str(tmp_path), overrides=data)
-    assert plan.space["alpha"] == dtune.Sampled("randint", (30, 60), alpha) and plan.path.endswith("/search")
+    assert plan.space["alpha"] == spaces.Sampled("randint", (30, 60), alpha) and plan.path.endswith("/search")
     assert plan.space["delta"] == [0.01, 0.05]
-    param_space = dtune.to_param_space(plan.space, "grid")
+    param_space = spaces.to_param_space(plan.space, "grid")
     assert param_space["beta"] is beta and param_space["delta"] == tune.grid_search([0.01, 0.05])
     with pytest.raises(ConfigError, match=r"alpha=281 is invalid: must be 1\.\.280"):
         dtune.plan({"alpha": tune.randint(100, 282)}, storage=str(tmp_path), overrides=data)
