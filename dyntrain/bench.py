@@ -163,24 +163,24 @@ def run(base: TrainConfig, modes: list[str], policies: list[str], plain_epochs: 
     results["pipelines"].append(plain)
     save()
     print(f"{plain['pipeline']:<48} {plain['images_per_s']:>12,.0f} images/s  (first epoch {plain['first_epoch_s']:.2f} s)")
-    cfg = base
+    cfg = None  # the last configuration that ran: the one profiled
     for mode in modes:
         for policy in policies:
-            cfg = base.replace(policy=policy, compile=mode, alpha=n_train if policy == "full" else n_train // 2)
+            cfg_try = base.replace(policy=policy, compile=mode, alpha=n_train if policy == "full" else n_train // 2)
             try:
-                r = bench_engine(data, cfg, device)
+                r = bench_engine(data, cfg_try, device)
             except Exception as err:  # one failing mode (say, a capture error) must not cost the others
                 results["pipelines"].append({"pipeline": f"dyntrain engine, policy {policy}, compile {mode}", "error": repr(err)})
                 save()
                 print(f"dyntrain engine, policy {policy}, compile {mode}: FAILED: {err!r}", file=sys.stderr)
                 continue
-            r["speedup_vs_plain"] = r["images_per_s"] / plain["images_per_s"]
+            cfg, r["speedup_vs_plain"] = cfg_try, r["images_per_s"] / plain["images_per_s"]
             results["pipelines"].append(r)
             save()
             print(f"{r['pipeline']:<48} {r['images_per_s']:>12,.0f} images/s  (first epoch {r['first_epoch_s']:.2f} s)"
                   f"  {r['speedup_vs_plain']:.2f}x plain; checkpoint {r['checkpoint_s'] * 1e3:.0f} ms "
                   f"({r['checkpoint_bytes'] / 1e6:.1f} MB) = {r['checkpoint_s'] / r['steady_epoch_s']:.0%} of an epoch")
-    if profile:
+    if profile and cfg is not None:
         results["profile"] = profile_epoch(data, cfg, device, profile)
         print(f"wrote the profile of one {cfg.policy}/{cfg.compile} epoch to {profile}")
     save()

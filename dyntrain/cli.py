@@ -198,8 +198,8 @@ def bench(argv: Sequence[str]) -> int:
     from dyntrain import bench as bn
 
     p = argparse.ArgumentParser(prog="dyntrain bench", description=bn.__doc__.split("\n\n")[0] + " " + bn.MEASURED)
-    add_config_options(p, only=("dataset", "data_dir", "train_limit", "test_limit", "val_size", "protocol",
-                                 "batch_size", "device"), defaults=bn.DEFAULTS)
+    shared = ("dataset", "data_dir", "train_limit", "test_limit", "val_size", "protocol", "batch_size", "device")
+    add_config_options(p, only=shared, defaults=bn.DEFAULTS)
     p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first is reported apart [3]")
     p.add_argument("--plain-epochs", type=int, default=2, help="epochs of the plain pipeline [2]")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the plain pipeline [4]")
@@ -208,7 +208,8 @@ def bench(argv: Sequence[str]) -> int:
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--profile", type=Path, help="also profile one epoch of the last engine run; write the op table here")
     args = p.parse_args(argv)
-    base = TrainConfig(**config_values(args), epochs=args.epochs, policy="full", progress=False)
+    # --epochs and --compile are the bench's own (epochs per pipeline, a list of modes), not the fields.
+    base = TrainConfig(**{k: getattr(args, k) for k in shared}, epochs=args.epochs, policy="full", progress=False)
     return bn.run(base, modes=args.compile.split(","), policies=args.policies.split(","), plain_epochs=args.plain_epochs,
                   workers=args.workers, out=args.out, profile=args.profile)
 

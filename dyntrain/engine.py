@@ -92,6 +92,7 @@ class Trainer:
         self.model = PaperNet(len(data.classes), cfg.batchnorm).to(self.device)
         if cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # batch shapes are fixed: autotune each convolution once
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.lr, capturable=cfg.compile == "cudagraphs", foreach=True,
         )
@@ -231,6 +232,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._graph = None  # a captured step would replay on the optimizer's old state tensors: capture again
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.policy.load_state_dict(state["policy"])
