@@ -31,7 +31,7 @@ if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; 
   .venv/bin/dyntrain tune --space paper-grid --protocol paper --dataset "$DATASET" --epochs "${EPOCHS:-200}" \
     --gpus-per-trial "${GPUS_PER_TRIAL:-0.25}" --cpus-per-trial 2 --name "$NAME" "$@"
 else
-  echo "main.sh: no GPU: running the paper's grid SCALED DOWN (2,500 images, alpha 750/1000/1250, batch 32, 6 epochs, BatchNorm added) on the CPU"
+  echo "main.sh: no GPU: running the paper's grid SCALED DOWN (2,500 images, alpha 750/1000/1250, batch 32, ${EPOCHS:-6} epochs, BatchNorm added) on the CPU"
   .venv/bin/dyntrain tune --space tune_scripts/spaces/paper-grid-cpu.yaml --protocol paper --dataset "$DATASET" \
     --train-limit 2500 --test-limit 1000 --batch-size 32 --epochs "${EPOCHS:-6}" --batchnorm --gpus-per-trial 0 --cpus-per-trial 1 \
     --name "$NAME-cpu" "$@"
