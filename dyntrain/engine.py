@@ -106,6 +106,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._forward = torch.compile(self.model) if cfg.compile == "default" else self.model
         self._graph: _GraphStep | None = None
+        self._subset_of: np.ndarray | None = None  # the policy's A that `_subset` (on the device) holds
 
     # --- one epoch ----------------------------------------------------------------------------
     def _logits(self, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -186,7 +187,9 @@ class Trainer:
     def run_epoch(self) -> dict[str, Any]:
         start = time.perf_counter()
         epoch = self.epoch + 1
-        subset = torch.from_numpy(self.policy.subset).to(self.device)
+        if self._subset_of is not self.policy.subset:  # A changed (a resample, a load): copy it over once
+            self._subset_of, self._subset = self.policy.subset, torch.from_numpy(self.policy.subset).to(self.device)
+        subset = self._subset
         train_totals = self._train_epoch(subset)
         val_correct = self._correct(self.val_x, self.val_y)
         test_correct = val_correct if self.val_is_test else self._correct(self.test_x, self.test_y)

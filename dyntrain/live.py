@@ -29,12 +29,12 @@ from typing import Any
 
 import pandas as pd
 from ray.tune import Callback
+from ray.tune.search.repeater import TRIAL_INDEX  # a Repeater's repeat number
 
 logger = logging.getLogger(__name__)
 
 # Tune's trial statuses -> the report's (a PENDING trial with epochs was paused or is being restored).
 STATUSES = {"TERMINATED": "finished", "ERROR": "error", "RUNNING": "in_progress", "PAUSED": "in_progress"}
-TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX: a Repeater's repeat number
 
 
 class LiveReport(Callback):

@@ -221,17 +221,3 @@ def tidy(records: pd.DataFrame, run: str, source: str, config: dict, status: str
     out["stopped"] = ["" if pd.isna(v) else str(v) for v in out["stopped"]]
     return out.reset_index(drop=True)
 
-
-def environment_of(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
-    """The recorded environments: environment.json of Tune experiments, summary.json's of train runs."""
-    envs = []
-    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        for kind, where in discover(p):
-            if "://" in where:
-                continue
-            folder = Path(where)
-            if kind == "tune" and (folder / ENVIRONMENT).exists():
-                envs.append({"source": where, **read_json(folder / ENVIRONMENT)})
-            elif kind == "train" and (folder / SUMMARY).exists():
-                envs.append({"source": where, **read_json(folder / SUMMARY).get("environment", {})})
-    return envs

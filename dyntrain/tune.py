@@ -26,7 +26,6 @@ from typing import Any, Sequence
 from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.spaces import Sampled, load_space, options, parse_space, points, start_point, to_param_space, validate_space
 
-TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater on each repeat of a point (seeds with Optuna)
 STATE_FILE = "state.pt"
 # Cost-aware metrics added to the engine's: GPU-seconds spent (wall seconds on CPU-only trials), and
 # the best validation accuracy per GPU-hour.
@@ -45,6 +44,7 @@ def trainable(config: dict[str, Any], data: Any = None) -> None:
     spec, given once through `tune.with_parameters(trainable, data=...)` so that each node fetches it
     once from the object store; without it every trial loads `config["dataset"]` itself."""
     from ray import tune
+    from ray.tune.search.repeater import TRIAL_INDEX  # set on each repeat of a point (seeds with Optuna)
 
     from dyntrain.data import load_dataset
     from dyntrain.engine import CheckpointSchedule, Trainer, load_checkpoint, save_checkpoint

@@ -40,15 +40,20 @@ def remove_stale_namespaces() -> list[str]:
         match = re.fullmatch(rf"{PREFIX}(\d+)-s?\d+", name)
         if not match or Path(f"/proc/{match[1]}").exists():
             continue
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+        delete_netns(name)
         removed.append(name)
     return removed
+
+
+def delete_netns(name: str) -> None:
+    """SIGKILL every process in network namespace `name`, then delete the namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
 def require(*tools: str) -> None:
