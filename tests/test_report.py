@@ -85,7 +85,7 @@ def raw_trials(exp: Path) -> list[tuple[dict, pd.DataFrame]]:
     out = []
     for trial_json, _ in state["trial_data"]:
         d = exp / json.loads(trial_json)["relative_logdir"]
-        records = pd.read_json(d / "result.json", lines=True)
+        records = pd.read_json(d / "result.json", lines=True, dtype={"trial_id": str})  # "84533_00000" is no int
         out.append((json.loads((d / "params.json").read_text()), records.drop_duplicates("epoch", keep="last")))
     return out
 

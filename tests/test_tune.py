@@ -406,8 +406,8 @@ def test_a_users_pbt_perturbs_beta(local_ray, tmp_path, data):
     assert not results.errors and len(results) == 2
     # A clone continues the donor's history: it ends at epoch 3, or at once when the donor's checkpoint
     # was already its last epoch (its own reports then stop earlier).
-    assert all(2 <= r.metrics_dataframe.epoch.max() <= 3 for r in results)
-    assert max(r.metrics_dataframe.epoch.max() for r in results) == 3
+    assert all(1 <= r.metrics["epoch"] <= 3 for r in results)
+    assert max(r.metrics["epoch"] for r in results) == 3
     # PBT logs each exploitation (the clone of a checkpoint into another trial) to pbt_global.txt.
     exploits = (tmp_path / "exp" / "pbt_global.txt").read_text().splitlines()
     assert exploits, "PBT never exploited: no trial restored another's checkpoint"
