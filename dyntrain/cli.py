@@ -133,6 +133,9 @@ def tune(argv: Sequence[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue the experiment --storage/--name, errored trials too")
     p.add_argument("--max-failures", type=int, default=0, help="restarts of a failed trial from its last checkpoint [0]")
     p.add_argument("--address", help="join a running Ray cluster: auto, or HOST:PORT")
+    p.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction, default=True,
+                   help="start a trial in a finished trial's warm process; --no-reuse-actors: a fresh process "
+                   "where Ray placed the trial's resources [reuse]")
     p.add_argument("--dashboard", action="store_true", help="start the local Ray with its dashboard on 127.0.0.1:8265")
     p.add_argument("--tracker", choices=dtune.TRACKERS, help="also log every trial to this tracker (pip install 'dyntrain[mlflow]')")
     p.add_argument("--tracking-uri", help="mlflow: tracking store or server [sqlite mlflow.db in the experiment folder]")

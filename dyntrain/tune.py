@@ -191,7 +191,7 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
            name: str | None = None, resume: bool = False, max_failures: int = 0, address: str | None = None,
            dashboard: bool = False, callbacks: Sequence[Any] = (), tracker: str | None = None,
            tracking_uri: str | None = None, live_report_s: float | None = 10.0, overrides: dict | None = None,
-           verbose: int = 1):
+           reuse_actors: bool = True, verbose: int = 1):
     """Run a search and return Ray Tune's ResultGrid; everything is validated before Ray starts.
 
     space: "paper-grid", "baselines", a YAML file, or a dict (YAML-style values or Ray domains);
@@ -209,6 +209,9 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
     callbacks: Ray Tune callbacks; tracker "mlflow" adds Ray's MLflowLoggerCallback (store
       `tracking_uri`, default the experiment's mlflow.db); live_report_s: keep report.html in the
       experiment folder current at most this often (None: no page).
+    reuse_actors: a trial may start in a finished trial's process (torch loaded, CUDA initialised);
+      False gives every trial a process of its own where Ray placed its resources, so where trials
+      run does not depend on which process happens to be free first.
     """
     address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address is None:
@@ -251,9 +254,9 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
     tuner = tune.Tuner(
         fn,
         param_space=to_param_space(p.space, "grid" if search == "grid" else "searcher"),
-        tune_config=tune.TuneConfig(  # reuse_actors: a trial starts in a warm process (torch and CUDA loaded)
+        tune_config=tune.TuneConfig(
             metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler if scheduler != "none" else None,
-            num_samples=num_samples, reuse_actors=True,
+            num_samples=num_samples, reuse_actors=reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=verbose, callbacks=callbacks,

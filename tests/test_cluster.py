@@ -190,7 +190,7 @@ def test_search_uses_both_nodes(two_nodes, tmp_path, tiny_folder):
         [sys.executable, "-m", "dyntrain.cli", "tune", "--address", address, "--space", str(space),
          "--storage", str(tmp_path / "results"), "--name", "two-nodes", "--cpus-per-trial", "1", "--gpus-per-trial", "0",
          "--dataset", f"folder:{tiny_folder}", "--data-dir", str(tmp_path / "data"),
-         "--val-size", "20", "--test-limit", "20", "--batch-size", "64", "--epochs", "2"],
+         "--val-size", "20", "--test-limit", "20", "--batch-size", "64", "--epochs", "2", "--no-reuse-actors"],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -207,10 +207,7 @@ def test_search_uses_both_nodes(two_nodes, tmp_path, tiny_folder):
 
 # --- `ray up` with the on-prem provider, as the README says --------------------------------------
 UP_SUBNET = "10.213.78"  # private, inside the lab's own namespaces only
-# Long enough that the worker's trial process is up before the head's trial ends: Tune reuses a
-# finished trial's process (reuse_actors) for the next trial rather than wait for a new one, and on
-# this 2-core machine the worker's process starts while the head's trial takes the CPUs.
-UP_EPOCHS = 15
+UP_EPOCHS = 3
 SSHD_CONFIG = """\
 ListenAddress {ip}
 HostKey /root/.sshd/host_key
@@ -271,8 +268,11 @@ def shared_folder(tmp_path: Path, tiny_folder: Path, space: str) -> Path:
 
 
 def tune_options(*extra: str) -> list[str]:
-    """`dyntrain tune` options every cluster test uses: tiny, fast trials; no live report page."""
-    return [*extra, "--val-size", "20", "--test-limit", "20", "--batch-size", "32", "--batchnorm", "--live-report-s", "0"]
+    """`dyntrain tune` options every cluster test uses: tiny, fast trials; no live report page; and
+    --no-reuse-actors, so that each trial runs where Ray placed its resources (a reused process
+    would put a pending trial on whichever node finished first, a matter of timing)."""
+    return [*extra, "--val-size", "20", "--test-limit", "20", "--batch-size", "32", "--batchnorm", "--live-report-s", "0",
+            "--no-reuse-actors"]
 
 
 @pytest.mark.slow
@@ -514,6 +514,18 @@ def differences(expected: dict[int, dict], got: dict[int, dict]) -> list[str]:
     return out
 
 
+def complete_results(experiment: Path, trials: list[str], last_epoch: int) -> dict[str, bytes] | None:
+    """Each trial's result.json, once every one ends with the complete row of `last_epoch`; else None."""
+    files = {name: (experiment / name / "result.json") for name in trials}
+    if not all(f.exists() for f in files.values()):
+        return None
+    kept = {name: f.read_bytes() for name, f in files.items()}
+    for data in kept.values():
+        if not data.endswith(b"\n") or json.loads(data.splitlines()[-1])["epoch"] != last_epoch:
+            return None
+    return kept
+
+
 def saved_trials(experiment: Path) -> dict[str, str]:
     """Trial folder -> status in the newest experiment state the driver saved ({} before the first)."""
     states = sorted(experiment.glob("experiment_state-*.json"))
@@ -624,12 +636,20 @@ def test_driver_kill_then_resume_finishes_without_redoing_finished_trials(tmp_pa
             return done if done and any(s == "RUNNING" for s in saved.values()) else None
 
         done = wait_for("a trial finished and was saved while another ran", one_done_one_running, 240, every=0.2)
-        kept = {n: (experiment / n / "result.json").read_bytes() for n in done}
+        # The state says TERMINATED before the trial's rows reach its result.json: wait for the last one.
+        kept = wait_for("the finished trials' result.json hold their last epoch",
+                        lambda: complete_results(experiment, done, last_epoch=4), 60, every=0.2)
         (python,) = [p for p in Path(f"/proc/{driver.pid}/task/{driver.pid}/children").read_text().split()]
         os.kill(int(python), signal.SIGKILL)
         driver.wait(timeout=30)
-        time.sleep(2)
-        left = host.kill_all_but_init()  # what the killed driver's Ray left behind, if anything
+        left: list[str] = []  # what the killed driver's Ray left behind, killed until a pass finds nothing
+
+        def reaped() -> bool:
+            killed = host.kill_all_but_init()
+            left.extend(killed)
+            return not killed
+
+        wait_for("the killed driver's Ray is gone", reaped, 60, every=0.2)
         print(f"killed the driver after {len(done)} finished trial(s); its Ray left {left or 'nothing'} behind")
         resumed = host.run([*command, "--resume"], env, timeout=420, check=False)
         assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]

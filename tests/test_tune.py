@@ -280,7 +280,10 @@ def injecting(tmp_path: Path, fail_at_epoch: int | None = None, interrupt_seed: 
             if seed == interrupt_seed and metrics["epoch"] == 1:
                 marker.touch()
                 os.kill(driver, signal.SIGINT)
-                time.sleep(5)  # the driver stops this trial meanwhile
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:  # the driver stops (kills) this trial before its next epoch
+                    time.sleep(0.1)
+                raise RuntimeError("the interrupted driver did not stop this trial")
 
         ray.tune.report = report_then_inject
         try:
@@ -399,7 +402,9 @@ def test_a_users_pbt_perturbs_beta(local_ray, tmp_path, data):
     perturbed beta, so a trial resumes from a checkpoint it did not write."""
     from ray.tune.schedulers import PopulationBasedTraining
 
-    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
+    # Synchronous: every trial waits at each perturbation interval for the others, so the worse one
+    # always exploits the better (asynchronous PBT skips it when one trial has finished first).
+    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, synch=True,
                                   hyperparam_mutations={"beta": [0.2, 0.4, 0.6, 0.8]})
     space = {"policy": "dynamic", "alpha": 60, "beta": [0.2, 0.8], "delta": 0.5, "epochs": 3, "checkpoint_every": 1}
     results = run(tmp_path, data, space, scheduler=pbt, metric="val_acc", cpus_per_trial=1)
