@@ -5,13 +5,19 @@
     for metrics in trainer: print(metrics["epoch"], metrics["val_acc"])
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.data import DataError, Dataset, load_dataset, make_split
-from dyntrain.engine import Trainer, load_checkpoint, save_checkpoint
+from dyntrain.engine import Trainer
+from dyntrain.runs import load_checkpoint, save_checkpoint
 from dyntrain.sampling import make_policy
 
 __all__ = [
     "ConfigError", "DataError", "Dataset", "TrainConfig", "Trainer",
     "load_checkpoint", "load_dataset", "make_policy", "make_split", "save_checkpoint",
 ]
-__version__ = "0.2.0"
+try:
+    __version__ = version("dyntrain")  # pyproject.toml's, as installed
+except PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
+    __version__ = "0+source"

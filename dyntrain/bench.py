@@ -13,7 +13,6 @@ Not a timed test: run it by hand on the machine you care about.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -22,12 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from torch.profiler import ProfilerActivity, profile
+from torchvision import transforms
 
 from dyntrain.config import TrainConfig
 from dyntrain.data import Dataset, load_dataset, make_split
-from dyntrain.engine import Trainer, environment, resolve_device, save_checkpoint
+from dyntrain.engine import Trainer, resolve_device
 from dyntrain.model import PaperNet
-from dyntrain.results import atomic_write
+from dyntrain.runs import environment, save_checkpoint, write_json
 
 # The plain pipeline and the paper ran one evaluation set per epoch: by default so does the bench.
 DEFAULTS = {"protocol": "paper"}
@@ -36,9 +38,6 @@ MEASURED = ("Measured on a 2-core x86_64 CPU (torch 2.14.1, float32, shared with
 
 
 def bench_plain(data: Dataset, cfg: TrainConfig, epochs: int, workers: int, device: torch.device) -> dict[str, Any]:
-    from PIL import Image
-    from torchvision import transforms
-
     split = make_split(data, cfg.val_size, cfg.seed, cfg.protocol, cfg.train_limit, cfg.test_limit)
     hwc_train = data.train_x[split.train_idx].transpose(0, 2, 3, 1)
     hwc_val = (data.test_x if split.val_from_test else data.train_x)[split.val_idx].transpose(0, 2, 3, 1)
@@ -97,8 +96,6 @@ def bench_engine(data: Dataset, cfg: TrainConfig, device: torch.device) -> dict[
 
 def profile_epoch(data: Dataset, cfg: TrainConfig, device: torch.device, path: Path) -> dict[str, Any]:
     """torch.profiler over the second epoch (after warm-up/capture): where an epoch's time goes."""
-    from torch.profiler import ProfilerActivity, profile
-
     trainer = Trainer(cfg.replace(epochs=2), data, device=device)
     trainer.run_epoch()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -154,7 +151,7 @@ def run(base: TrainConfig, modes: list[str], policies: list[str], plain_epochs: 
     def save() -> None:  # after every pipeline, so a crash later loses nothing measured
         if out:
             out.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(out, json.dumps(results, indent=2) + "\n")
+            write_json(out, results)
 
     env = results["environment"]
     print(f"dyntrain bench on {env['device_name']} ({env['device']}), torch {env['torch']}; {n_train} training images, "

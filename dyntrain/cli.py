@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from dyntrain.config import FIELDS, ConfigError, TrainConfig, config_diff, load_yaml
 
@@ -52,9 +53,19 @@ def train(argv: Sequence[str]) -> int:
 
     from tqdm import tqdm
 
-    from dyntrain.data import load_dataset
-    from dyntrain.engine import CheckpointSchedule, Trainer, load_checkpoint, save_checkpoint
-    from dyntrain.results import CHECKPOINT, CONFIG_JSON, METRICS_CSV, SUMMARY, read_json, write_json, write_metrics_csv
+    from dyntrain.data import load_dataset  # heavy (torch): each command imports its own modules
+    from dyntrain.engine import CheckpointSchedule, Trainer  # heavy (torch)
+    from dyntrain.runs import (  # heavy (torch)
+        CHECKPOINT,
+        CONFIG_JSON,
+        METRICS_CSV,
+        SUMMARY,
+        load_checkpoint,
+        read_json,
+        save_checkpoint,
+        write_json,
+        write_metrics_csv,
+    )
 
     out: Path = args.out
     ckpt_path = out / CHECKPOINT
@@ -89,13 +100,11 @@ def train(argv: Sequence[str]) -> int:
     (out / SUMMARY).unlink(missing_ok=True)  # not finished until written again, last
     write_json(out / CONFIG_JSON, cfg.to_dict())
 
-    schedule = CheckpointSchedule(cfg.checkpoint_every, cfg.checkpoint_interval_s)
     bar = tqdm(total=cfg.epochs, initial=trainer.epoch, unit="epoch", disable=not cfg.progress, dynamic_ncols=True)
     bar.set_description(f"{cfg.policy} a={trainer.alpha}")
-    for m in trainer:
-        if schedule.due(trainer.epoch, last=trainer.done()):
-            save_checkpoint(trainer.state_dict(), ckpt_path)
-            schedule.saved()
+    for m, state in trainer.epochs(CheckpointSchedule.of(cfg)):
+        if state is not None:
+            save_checkpoint(state, ckpt_path)
         write_metrics_csv(trainer.history, out / METRICS_CSV)
         bar.update(1)
         bar.set_postfix(val=f"{m['val_acc']:.4f}", best=f"{m['best_val_acc']:.4f}", test=f"{m['test_acc']:.4f}",
@@ -112,7 +121,7 @@ def train(argv: Sequence[str]) -> int:
 # --- dyntrain tune --------------------------------------------------------------------------------
 def tune(argv: Sequence[str]) -> int:
     from dyntrain import spaces
-    from dyntrain import tune as dtune
+    from dyntrain import tune as dtune  # heavy (torch, and Ray when it runs)
 
     p = argparse.ArgumentParser(prog="dyntrain tune", allow_abbrev=False, description=(
         "Ray Tune search over dyntrain's parameters. Training options given here fix that value for every trial."))
@@ -162,16 +171,17 @@ def tune(argv: Sequence[str]) -> int:
 
 
 # --- dyntrain report ------------------------------------------------------------------------------
-def report(argv: Sequence[str]) -> int:
-    from dyntrain import report as rp
+FORMATS = ("md", "csv", "tex", "html")
 
+
+def report(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="dyntrain report", description="Tables (PAPER.md Tables 2-5, time to "
                                      "accuracy), figures and an interactive page from Ray Tune experiments and "
                                      "`dyntrain train` folders.")
     parser.add_argument("paths", nargs="+", metavar="EXPERIMENT_DIR",
                         help="Ray Tune experiment directories (or URIs), `dyntrain train` output folders, or folders holding them")
     parser.add_argument("--out", default="report", help="output folder (default: report)")
-    parser.add_argument("--format", default="md,csv,tex,html", help=f"comma-separated: {', '.join(rp.FORMATS)} (default: all)")
+    parser.add_argument("--format", default="md,csv,tex,html", help=f"comma-separated: {', '.join(FORMATS)} (default: all)")
     parser.add_argument("--no-figures", action="store_true", help="write tables only")
     parser.add_argument("--elitism", action="store_true", help="also plot running-maximum curves (Fig. 11)")
     parser.add_argument("--metric", default="test_acc_at_best_val", choices=["test_acc_at_best_val", "best_val_acc"],
@@ -179,26 +189,58 @@ def report(argv: Sequence[str]) -> int:
                              "(default; equals best_val_acc under --protocol paper) or best validation accuracy")
     args = parser.parse_args(argv)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    tables = rp.report(args.paths, args.out, formats, not args.no_figures, args.elitism, args.metric)
-    n_done = len(tables["runs"]) if "runs" in tables else 0
+    found = write_report(args.paths, args.out, formats, not args.no_figures, args.elitism, args.metric)
+    from dyntrain import tables as tb  # heavy (pandas)
+
+    n_done = len(found["runs"]) if "runs" in found else 0
     print(f"{n_done} finished run(s) in the tables; report written to {args.out}/")
-    if "policies" in tables:
-        print(rp.to_markdown(rp.show_policies(tables["policies"])))
-    if "unfinished" in tables:
-        u = tables["unfinished"]
+    if "policies" in found:
+        print(tb.to_markdown(tb.show_policies(found["policies"])))
+    if "unfinished" in found:
+        u = found["unfinished"]
         print(f"{len(u)} run(s) not finished (in progress, interrupted, pending or failed), left out of the "
               f"tables (see {args.out}/unfinished.*):", file=sys.stderr)
         for run, row in u.iterrows():
-            epochs = "—" if row.epochs_done != row.epochs_done else f"{row.epochs_done:.0f}"
+            epochs = "—" if tb.missing(row.epochs_done) else f"{row.epochs_done:.0f}"
             print(f"  {run}: {row.status}, {epochs}/{row.epochs} epochs", file=sys.stderr)
     if not n_done:
         print("no finished runs yet", file=sys.stderr)
     return 0
 
 
+def write_report(paths, out, formats=("md", "csv", "tex"), with_figures: bool = True, elitism: bool = False,
+                 metric: str = "test_acc_at_best_val") -> dict:
+    """Load `paths`, write every table in `formats` (with md, also report.md holding all; with html,
+    the interactive report.html) and the figures under `out`; return the tables by name."""
+    from dyntrain import figures, page  # heavy (matplotlib, plotly)
+    from dyntrain import tables as tb  # heavy (pandas)
+
+    bad = sorted(set(formats) - set(FORMATS))
+    if bad or not formats:
+        raise tb.ReportError(f"format {','.join(formats)!r}: choose from {', '.join(FORMATS)}")
+    df = tb.load(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    found = tb.tables(df, metric)
+    md = []
+    for name, (table, shown) in found.items():
+        if shown is None:
+            shown = table
+        else:
+            md += [f"## {name}", "", tb.to_markdown(shown), ""]
+        tb.write_table(table, shown, out / name, [f for f in formats if f in ("md", "csv", "tex")])
+    if with_figures and not tb.finished(df).empty:
+        md += [f"![{p.stem}]({p.name})" for p in figures.write(df, out, elitism) if p.suffix == ".png"]
+    if "md" in formats:
+        (out / "report.md").write_text("\n".join(md) + "\n")
+    if "html" in formats:
+        page.write_html(df, out / "report.html")
+    return {name: table for name, (table, _) in found.items()}
+
+
 # --- dyntrain bench -------------------------------------------------------------------------------
 def bench(argv: Sequence[str]) -> int:
-    from dyntrain import bench as bn
+    from dyntrain import bench as bn  # heavy (torch)
 
     p = argparse.ArgumentParser(prog="dyntrain bench", description=bn.__doc__.split("\n\n")[0] + " " + bn.MEASURED)
     shared = ("dataset", "data_dir", "train_limit", "test_limit", "val_size", "protocol", "batch_size", "device")
@@ -233,9 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usage: dyntrain COMMAND [options]\n\ncommands:\n{lines}", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
-    from dyntrain.data import DataError
-    from dyntrain.engine import CheckpointError
-    from dyntrain.results import ReportError
+    from dyntrain.data import DataError  # heavy (numpy, PIL): not for `dyntrain --help`
+    from dyntrain.runs import CheckpointError, ReportError  # heavy (torch, pandas)
 
     try:
         return COMMANDS[command][0](rest)

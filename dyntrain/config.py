@@ -70,21 +70,21 @@ class TrainConfig:
         "~13 MB write a minute however fast epochs are", runtime=True)
     progress: bool = option(True, "show a progress bar", runtime=True)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a mapping with only known keys; unknown keys are an error, not ignored."""
         unknown = sorted(set(values) - set(FIELDS))
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(FIELDS))}")
         return cls(**{k: _coerce(k, v) for k, v in values.items()})
 
-    def validate(self, n_train: int | None = None) -> "TrainConfig":
+    def validate(self, n_train: int | None = None) -> TrainConfig:
         """Raise ConfigError for any out-of-range value. `n_train` is the size of the training split
         (after the validation hold-out) when it is known; alpha is checked against it."""
         for f in fields(self):

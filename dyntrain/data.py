@@ -109,7 +109,7 @@ def _load_folder(root: Path, data_dir: Path, progress: bool) -> Dataset:
             with np.load(cache, allow_pickle=False) as z:
                 return Dataset(name, z["classes"].tolist(), *(z[k] for k in _ARRAYS))
         except Exception as e:  # an unreadable cache is only a miss: decode again and overwrite it
-            warnings.warn(f"ignoring unreadable dataset cache {cache}: {e}")
+            warnings.warn(f"ignoring unreadable dataset cache {cache}: {e}", stacklevel=2)
 
     truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
@@ -182,7 +182,7 @@ def _write_cache(cache: Path, ds: Dataset) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not write dataset cache {cache}: {e}; the folder will be decoded again next time")
+        warnings.warn(f"could not write dataset cache {cache}: {e}; the folder will be decoded again next time", stacklevel=2)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: a generated __eq__ would compare arrays and raise

@@ -1,12 +1,10 @@
 """The epoch loop: train on the subset A, evaluate, ask the sampling policy (PAPER.md "Steps").
 
     trainer = Trainer(cfg, load_dataset(cfg.dataset, cfg.data_dir))
-    trainer.load_state_dict(load_checkpoint(path))   # to resume; CheckpointError unless it is data
-    schedule = CheckpointSchedule(every=None, interval_s=60.0)
-    for metrics in trainer:                          # one dict per epoch, METRICS keys
-        if schedule.due(metrics["epoch"], last=trainer.done()):
-            save_checkpoint(trainer.state_dict(), path)
-            schedule.saved()
+    trainer.load_state_dict(load_checkpoint(path))     # to resume (dyntrain.runs)
+    for metrics, state in trainer.epochs(CheckpointSchedule.of(cfg)):  # METRICS keys, one dict per epoch
+        if state is not None:                          # a checkpoint is due: write it before the next epoch
+            save_checkpoint(state, path)
 
 Performance by design: the split is moved to the device once as uint8; an epoch is a device
 `randperm` of A and fixed-shape gathers; loss and accuracy are summed on the device and read once
@@ -17,20 +15,14 @@ Fixed batch shapes without dropping data: when alpha is not a multiple of the ba
 batch is filled up with images from the start of the epoch's permutation and those fillers get
 weight 0 in the loss. Every image of A is trained on exactly once per epoch, and `images_seen`
 counts alpha per epoch.
-
-Checkpoints are data: tensors, lists, dicts, str/int/float/bool/None, loaded with torch.load's
-weights_only unpickler, which constructs nothing else and so cannot run code planted in a file.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import platform
-import re
 import time
-import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,14 +32,9 @@ from dyntrain import augment, sampling
 from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.data import Dataset, make_split
 from dyntrain.model import PaperNet
+from dyntrain.runs import CHECKPOINT_FORMAT, environment
 
-METRICS = (
-    "epoch", "train_loss", "train_acc", "val_acc", "test_acc", "best_val_acc", "test_acc_at_best_val",
-    "subset_size", "images_seen", "resample", "beta_n", "epoch_time_s", "wall_time_s", "stopped",
-)
 EVAL_BATCH = 1024
-CHECKPOINT_FORMAT = 2  # 1: before format keys, with numpy arrays in the policy state (not loadable as data)
-CHECKPOINT_KEYS = ("format", "config", "model", "optimizer", "policy", "generator", "torch_rng", "history")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,6 +171,15 @@ class Trainer:
         while not self.done():
             yield self.run_epoch()
 
+    def epochs(self, schedule: CheckpointSchedule) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """The loop with checkpoints: each epoch's metrics, and the state to save when `schedule` says
+        a checkpoint is due (else None). The caller saves it before asking for the next epoch."""
+        for metrics in self:
+            due = schedule.due(self.epoch, last=self.done())
+            yield metrics, self.state_dict() if due else None
+            if due:
+                schedule.saved()
+
     def run_epoch(self) -> dict[str, Any]:
         start = time.perf_counter()
         epoch = self.epoch + 1
@@ -319,87 +315,25 @@ class _GraphStep:
         return self.out.clone()  # the next replay overwrites self.out
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    return {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "hostname": platform.node(),
-    }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is not data dyntrain wrote: it would run code, is truncated or corrupt,
-    or lacks keys. The message is one line and names the file."""
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Atomic: a crash mid-write leaves the previous checkpoint intact."""
-    import io
-
-    from dyntrain.results import atomic_write  # the run-folder format's one writer (it imports this module)
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A `Trainer.state_dict()` saved by `save_checkpoint`, read as data: torch's weights_only
-    unpickler builds tensors and plain containers and refuses any other object, so a planted file
-    cannot run code. Anything else (code, truncated or random bytes, an empty file, another format)
-    raises CheckpointError; a file that cannot be opened raises OSError as usual."""
-    name = os.fspath(path)
-    with open(name, "rb") as file, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's pickle-protocol warnings about a file we refuse anyway
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError, RuntimeError, OSError, EOFError, KeyError, ... by damage
-            raise CheckpointError(f"{name}: not a dyntrain checkpoint that loads as data ({_why(exc)}); "
-                                  "refusing to execute it") from None  # one line, no chained traceback
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{name}: not a dyntrain checkpoint (holds a {type(state).__name__}, not a dict)")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format")
-        raise CheckpointError(f"{name}: not a dyntrain checkpoint of format {CHECKPOINT_FORMAT} (format {found!r})")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{name}: not a complete dyntrain checkpoint (missing {', '.join(missing)})")
-    return state
-
-
-def _why(exc: Exception) -> str:
-    """One line on why torch.load failed, without torch's advice to allowlist globals or to load
-    with weights_only=False (which would run the file)."""
-    text = " ".join(str(exc).split())
-    if "WeightsUnpickler error:" in text:
-        text = re.split(r" (?:Please use|Check the documentation)", text.split("WeightsUnpickler error:", 1)[1])[0]
-    elif "zip archive" in text or isinstance(exc, OSError):  # torch's zip reader on a cut-off file
-        text = f"truncated or corrupt: {'not a complete zip archive' if 'zip archive' in text else text}"
-    elif isinstance(exc, EOFError):
-        text = "empty or truncated"
-    return f"{type(exc).__name__}: {text.strip()[:200]}"
-
-
 class CheckpointSchedule:
     """When to write a checkpoint after an epoch: always after the last one; every `every` epochs
     (1-based epoch numbers, so the cadence survives a resume) when `every` is set; and whenever
     `interval_s` seconds have passed since the last save (or since the schedule was made) when
-    `interval_s` is set. Pure: the clock is injected; call `saved()` after writing.
+    `interval_s` is set. Pure: the clock is injected; call `saved()` after writing. The values are
+    TrainConfig's checkpoint_every and checkpoint_interval_s, which it validates (`of`).
 
     Suggested defaults: every=None, interval_s=60 -- at most about a minute of work lost, and for the
     paper's network a ~13 MB write (weights and Adam state) a minute, plus the final checkpoint."""
 
     def __init__(self, every: int | None = None, interval_s: float | None = 60.0,
                  clock: Callable[[], float] = time.monotonic):
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ConfigError(f"checkpoint_every={every!r} is invalid: expected an integer >= 1 or None")
-        if interval_s is not None and not 0 <= interval_s < math.inf:
-            raise ConfigError(f"checkpoint_interval_s={interval_s!r} is invalid: expected a number >= 0 or None")
         self.every, self.interval_s, self.clock = every, interval_s, clock
         self.last_save = clock()
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> CheckpointSchedule:
+        cfg.validate()
+        return cls(cfg.checkpoint_every, cfg.checkpoint_interval_s)
 
     def due(self, epoch: int, last: bool) -> bool:
         if last:

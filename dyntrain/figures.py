@@ -1,4 +1,4 @@
-"""Figures from the tidy frame of `dyntrain.report.load`: the paper's (Figs. 8-13 form) with matplotlib,
+"""Figures from the tidy frame of `dyntrain.tables.load`: the paper's (Figs. 8-13 form) with matplotlib,
 as PNG and SVG, and the interactive ones of report.html with plotly."""
 
 from __future__ import annotations
@@ -8,17 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
+from matplotlib.figure import Figure  # no pyplot: no global state, and savefig picks Agg/SVG itself
+from plotly.colors import qualitative
 
-from dyntrain.report import GREEK, arms, finished, grid_table, grids, slug
 from dyntrain.sampling import POLICIES
+from dyntrain.tables import GREEK, arms, finished, grid_table, grids, missing, slug
 
 # Resample events (dyntrain.sampling): type I keeps from the set just trained, type II from the best one.
 # random's fresh draw every epoch ("new") is its nature, not an event: not marked.
 RESAMPLE_MARKERS = {"I": ("triangle-up", "resample type I"), "II": ("diamond", "resample type II")}
 
 def _figure(ncols=1):
-    from matplotlib.figure import Figure  # no pyplot: no global state, and savefig picks Agg/SVG itself
-
     fig = Figure(figsize=(6.5 * ncols, 4.5), layout="constrained")
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
@@ -102,8 +103,6 @@ def write(df: pd.DataFrame, out, elitism: bool = False, formats=("png", "svg")) 
 def parcoords_figure(runs: pd.DataFrame, varying: list[str]):
     """Parallel coordinates: policy (categorical, as integers with their names), α, β, δ, γ and any other
     varying numeric parameter, then accuracy. Finished runs if any, else every run with an accuracy."""
-    import plotly.graph_objects as go
-
     r = runs[runs.best_val_acc.notna()]
     if (r.status == "finished").any():
         r = r[r.status == "finished"]
@@ -143,9 +142,6 @@ def _span(values: pd.Series) -> list[float]:
 def curve_figures(df: pd.DataFrame, runs: pd.DataFrame) -> dict[str, Any]:
     """Validation accuracy of every trial against epoch and against wall time; one colour per trial
     (a legend entry toggles it in both), resamples marked by type."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-
     d = df[df.epoch.notna() & df.val_acc.notna()].sort_values(["run", "epoch"])
     if d.empty:
         return {}
@@ -181,10 +177,8 @@ def curve_figures(df: pd.DataFrame, runs: pd.DataFrame) -> dict[str, Any]:
 
 def heatmap_figure(t: pd.DataFrame, label: str):
     """A grid_table's means as an interactive heat map: α down, β across, n shown where > 1."""
-    import plotly.graph_objects as go
-
     mean, n = t["mean"], t["n"]
-    text = [[("" if v != v else f"{v:.1f}") + (f"<br>n={c}" if c > 1 else "") for v, c in zip(row, crow)]
+    text = [[("" if missing(v) else f"{v:.1f}") + (f"<br>n={c}" if c > 1 else "") for v, c in zip(row, crow)]
             for row, crow in zip(mean.to_numpy(dtype=float), n.to_numpy())]
     fig = go.Figure(go.Heatmap(
         z=mean.to_numpy(dtype=float), x=[f"{b:g}" for b in mean.columns], y=[f"{a:g}" for a in mean.index],

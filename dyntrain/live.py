@@ -4,7 +4,7 @@
     tune.Tuner(trainable, run_config=tune.RunConfig(name="exp", storage_path="results/ray",
                callbacks=[LiveReport("results/ray/exp", every_s=10)])).fit()
 
-The page (`dyntrain.html`) reloads itself while the experiment runs and stops reloading once it has
+The page (`dyntrain.page`) reloads itself while the experiment runs and stops reloading once it has
 ended. It is built from what the callback sees, not from Ray's files: while a trial runs, Ray writes
 its result.json in a staging folder and copies it into the experiment folder only now and then (at
 the latest when the trial ends), and experiment_state-*.json lags the trials' statuses. So each
@@ -19,7 +19,6 @@ never raised into Tune.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -29,12 +28,12 @@ from typing import Any
 
 import pandas as pd
 from ray.tune import Callback
-from ray.tune.search.repeater import TRIAL_INDEX  # a Repeater's repeat number
+
+from dyntrain.page import write_html
+from dyntrain.runs import TUNE_STATUSES, result_rows, trial_frame
+from dyntrain.tables import labels
 
 logger = logging.getLogger(__name__)
-
-# Tune's trial statuses -> the report's (a PENDING trial with epochs was paused or is being restored).
-STATUSES = {"TERMINATED": "finished", "ERROR": "error", "RUNNING": "in_progress", "PAUSED": "in_progress"}
 
 
 class LiveReport(Callback):
@@ -116,7 +115,7 @@ class LiveReport(Callback):
     def _snapshot(self, trials: list) -> list[dict[str, Any]]:
         out = []
         for t in trials:
-            status = self._ended.get(t.trial_id) or STATUSES.get(t.status, "pending")
+            status = self._ended.get(t.trial_id) or TUNE_STATUSES.get(t.status, "pending")
             out.append({"trial_id": t.trial_id, "status": status, "config": dict(t.config),
                         "folders": [p for p in (_attr(t, "path"), _attr(t, "local_path")) if p],
                         "results": list(self._results.get(t.trial_id, ()))})
@@ -124,8 +123,6 @@ class LiveReport(Callback):
 
     def _render(self, snapshot: list[dict[str, Any]], live: bool) -> None:
         try:
-            from dyntrain.html import write_html
-
             if not snapshot:
                 return
             write_html(self.frame(snapshot), self.out_file, live=live, refresh_s=self.refresh_s, title=self.title)
@@ -139,31 +136,15 @@ class LiveReport(Callback):
                 logger.debug("dyntrain: live report failed again: %s", err)
 
     def frame(self, snapshot: list[dict[str, Any]]) -> pd.DataFrame:
-        """The frame of `dyntrain.report.load` for the trials of a snapshot: one row per trial x epoch."""
-        from dyntrain.report import labels
-        from dyntrain.results import tidy
-
+        """The frame of `dyntrain.tables.load` for the trials of a snapshot: one row per trial x epoch."""
         frames = []
         name = self.experiment_path.name
         for t in snapshot:
             if t["trial_id"] not in self._seeded:  # a restored trial's earlier epochs
                 self._seeded[t["trial_id"]] = _read_results(t["folders"])
             records = pd.concat([self._seeded[t["trial_id"]], pd.DataFrame(t["results"])], ignore_index=True)
-            if len(records) and "epoch" not in records:
-                records["epoch"] = records["training_iteration"]
-            if len(records) and "wall_time_s" not in records:
-                records["wall_time_s"] = records["time_total_s"]
-            if len(records):  # a trial's epochs again after a restart: the last report of each counts
-                records = records[records["epoch"].notna()].drop_duplicates("epoch", keep="last")
-            status = t["status"]
-            if status == "pending" and len(records):
-                status = "in_progress"
-            last = records.iloc[-1] if len(records) else {}
-            stopped = last.get("stopped") if len(records) else None
-            early = status == "finished" and not (isinstance(stopped, str) and stopped)  # a scheduler's stop
-            config = dict(t["config"])
-            config["seed"] = config.get("seed", 0) + config.pop(TRIAL_INDEX, 0)  # as dyntrain.tune.trainable
-            frames.append(tidy(records, f"{name}/{t['trial_id']}", str(self.experiment_path), config, status, early))
+            frames.append(trial_frame(records, f"{name}/{t['trial_id']}", str(self.experiment_path), t["config"],
+                                      t["status"]))
         df = pd.concat(frames, ignore_index=True)
         df["setting"], df["grid"] = labels(df)
         return df
@@ -177,21 +158,14 @@ def _attr(trial, name: str) -> str | None:
 
 
 def _read_results(folders: list[str]) -> pd.DataFrame:
-    """The longest result.json (one JSON object a line) among a trial's folders; a half-written last
-    line is skipped."""
+    """The longest result.json among a trial's folders (local: the callback runs beside them)."""
     best: list[dict[str, Any]] = []
     for folder in folders:
         path = Path(folder) / "result.json"
         try:
-            lines = path.read_text().splitlines() if path.is_file() else []
+            rows = result_rows(path.read_text().splitlines()) if path.is_file() else []
         except OSError:
             continue
-        rows = []
-        for line in lines:
-            try:
-                rows.append({k: v for k, v in json.loads(line).items() if not isinstance(v, (dict, list))})
-            except json.JSONDecodeError:
-                continue
         if len(rows) > len(best):
             best = rows
     return pd.DataFrame(best)

@@ -19,18 +19,41 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import torch
+
+import dyntrain
 from dyntrain.config import ConfigError, TrainConfig
-from dyntrain.spaces import Sampled, load_space, options, parse_space, points, start_point, to_param_space, validate_space
+from dyntrain.data import load_dataset, make_split
+from dyntrain.engine import CheckpointSchedule, Trainer
+from dyntrain.runs import (
+    ENVIRONMENT,
+    MINIMISED,
+    OBJECTIVES,
+    environment,
+    load_checkpoint,
+    save_checkpoint,
+    trial_config,
+    write_json,
+)
+from dyntrain.spaces import (
+    Sampled,
+    load_space,
+    options,
+    parse_space,
+    points,
+    start_point,
+    to_param_space,
+    validate_space,
+)
 
 STATE_FILE = "state.pt"
-# Cost-aware metrics added to the engine's: GPU-seconds spent (wall seconds on CPU-only trials), and
-# the best validation accuracy per GPU-hour.
-COST_METRICS = ("gpu_s", "best_val_acc_per_gpu_h")
-MINIMISED = ("train_loss", "epoch_time_s", "wall_time_s", "gpu_s")
+# Ray is imported inside the functions that use it: it reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at
+# import, which `search` sets first for a local Ray (and `dyntrain --help` stays quick).
 TABLE_FIRST = ("val_acc", "best_val_acc", "train_loss", "subset_size")  # Tune's live table shows 4 metrics
 TRACKERS = ("mlflow",)
 
@@ -43,17 +66,11 @@ def trainable(config: dict[str, Any], data: Any = None) -> None:
     -- its own, or another trial's under PBT. `data` is a `Dataset`, or a dict of them by dataset
     spec, given once through `tune.with_parameters(trainable, data=...)` so that each node fetches it
     once from the object store; without it every trial loads `config["dataset"]` itself."""
-    from ray import tune
-    from ray.tune.search.repeater import TRIAL_INDEX  # set on each repeat of a point (seeds with Optuna)
-
-    from dyntrain.data import load_dataset
-    from dyntrain.engine import CheckpointSchedule, Trainer, load_checkpoint, save_checkpoint
+    from ray import tune  # late: see the note on Ray at the top
 
     # Ray logs a line per checkpoint; the trial table and dyntrain's own messages are what users read.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    values = dict(config)
-    values["seed"] = values.get("seed", 0) + values.pop(TRIAL_INDEX, 0)
-    cfg = TrainConfig.from_dict({**values, "progress": False})
+    cfg = TrainConfig.from_dict({**trial_config(config), "progress": False})
     if isinstance(data, dict):
         data = data.get(cfg.dataset)
     if data is None:
@@ -65,25 +82,23 @@ def trainable(config: dict[str, Any], data: Any = None) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(load_checkpoint(Path(folder) / STATE_FILE))
-    schedule = CheckpointSchedule(cfg.checkpoint_every, cfg.checkpoint_interval_s)
     placement = where_am_i(gpus)
-    for metrics in trainer:
+    for metrics, state in trainer.epochs(CheckpointSchedule.of(cfg)):
         gpu_s = metrics["wall_time_s"] * (gpus or 1)
         metrics = {**metrics, "n_train": trainer.n_train, "gpu_s": gpu_s,
                    "best_val_acc_per_gpu_h": metrics["best_val_acc"] * 3600 / max(gpu_s, 1e-9), **placement}
         ordered = {k: metrics[k] for k in TABLE_FIRST} | metrics
-        if not schedule.due(trainer.epoch, last=trainer.done()):
+        if state is None:
             tune.report(ordered)
             continue
         with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(trainer.state_dict(), Path(folder) / STATE_FILE)
+            save_checkpoint(state, Path(folder) / STATE_FILE)
             tune.report(ordered, checkpoint=tune.Checkpoint.from_directory(folder))
-        schedule.saved()
 
 
 def where_am_i(gpus: float) -> dict[str, Any]:
     """Where this trial runs: Ray's node id and address, the GPU ids Ray gave it and its GPU share."""
-    import ray
+    import ray  # late: see the note on Ray at the top
 
     context = ray.get_runtime_context()
     return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
@@ -93,8 +108,6 @@ def where_am_i(gpus: float) -> dict[str, Any]:
 def cap_gpu_memory(gpus: float) -> bool:
     """With a fraction of a GPU, co-located trials share it: cap this process's CUDA memory to its
     share, so that a trial past it fails with a clear out-of-memory error instead of starving the others."""
-    import torch
-
     if 0 < gpus < 1 and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(gpus)
         return True
@@ -103,11 +116,8 @@ def cap_gpu_memory(gpus: float) -> bool:
 
 # --- the search -----------------------------------------------------------------------------------
 def objective(metric: str, mode: str | None) -> tuple[str, str]:
-    from dyntrain.engine import METRICS
-
-    metrics = [m for m in METRICS if m not in ("stopped", "resample")] + list(COST_METRICS)
-    if metric not in metrics:
-        raise ConfigError(f"metric {metric} is invalid: must be one of {', '.join(metrics)}")
+    if metric not in OBJECTIVES:
+        raise ConfigError(f"metric {metric} is invalid: must be one of {', '.join(OBJECTIVES)}")
     if mode not in (None, "max", "min"):
         raise ConfigError(f"mode {mode} is invalid: must be max or min")
     return metric, mode or ("min" if metric in MINIMISED else "max")
@@ -129,8 +139,6 @@ def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int = 1, o
          dashboard: bool = False, tracker: str | None = None) -> Plan:
     """The space parsed, merged with `overrides` (fixed for every trial) and validated against the
     data; the experiment's path checked against `resume`. Raises ConfigError; starts nothing."""
-    from dyntrain.data import load_dataset, make_split
-
     raw = load_space(space) if isinstance(space, str) else dict(space)
     parsed = parse_space({**raw, **(overrides or {})})
     if not isinstance(seeds, int) or seeds < 1:
@@ -175,7 +183,7 @@ def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int = 1, o
     name = name or (Path(space).stem if isinstance(space, str) else "search")
     storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
     path = f"{storage.rstrip('/')}/{name}"
-    from ray.tune import Tuner
+    from ray.tune import Tuner  # late: see the note on Ray at the top
 
     if resume and not Tuner.can_restore(path):
         raise ConfigError(f"resume: no experiment to restore at {path}")
@@ -224,7 +232,7 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
              dashboard=dashboard, tracker=tracker)
     for (alpha, n), share in sorted(p.shares.items()):
         print(f"dyntrain tune: alpha={alpha} is {share:.1%} of the {n}-image training pool (alpha is absolute)")
-    import ray
+    import ray  # late: see the note on Ray at the top
     from ray import tune
 
     if not ray.is_initialized():
@@ -246,7 +254,7 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
     num_samples = num_samples or (20 if search == "optuna" else 1)
     search_alg, num_samples = _searcher(search, p, metric, mode, seeds, num_samples, max_concurrent, search_seed)
     if scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.schedulers import ASHAScheduler  # late: see the note on Ray at the top
 
         max_t = max(TrainConfig.from_dict(pt).epochs for pt in points(p.space))
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(grace_period, max_t))
@@ -272,7 +280,7 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
 
 
 def _clones_checkpoints(scheduler: Any) -> bool:
-    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers import PopulationBasedTraining  # late: see the note on Ray at the top
 
     return isinstance(scheduler, PopulationBasedTraining)
 
@@ -283,14 +291,14 @@ def _searcher(search: Any, p: Plan, metric: str, mode: str, seeds: int, num_samp
     folder (a JournalStorage file optuna-dashboard opens); a user's Searcher as given."""
     if search == "grid":
         return None, num_samples
-    from ray.tune.search import ConcurrencyLimiter, Repeater
+    from ray.tune.search import ConcurrencyLimiter, Repeater  # late: see the note on Ray at the top
 
     if search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.search.optuna import OptunaSearch  # late: see the note on Ray at the top
 
         study = None
         if "://" not in p.path:
-            import optuna
+            import optuna  # heavy: only for an Optuna search
             from optuna.storages import JournalStorage
             from optuna.storages.journal import JournalFileBackend
 
@@ -308,7 +316,7 @@ def _own_callbacks(path: str, tracker: str | None, tracking_uri: str | None, liv
     callbacks = []
     if tracker == "mlflow":
         try:
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
+            from ray.air.integrations.mlflow import MLflowLoggerCallback  # optional: dyntrain[mlflow]
         except ImportError as err:
             raise ConfigError(f"tracker mlflow needs MLflow: pip install 'dyntrain[mlflow]' ({err})") from None
         if tracking_uri is None:
@@ -320,7 +328,7 @@ def _own_callbacks(path: str, tracker: str | None, tracking_uri: str | None, liv
         callbacks.append(MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=Path(path).name,
                                               save_artifact=False))
     if live_report_s and "://" not in path:
-        from dyntrain.live import LiveReport
+        from dyntrain.live import LiveReport  # imports Ray: see the note at the top
 
         print(f"dyntrain tune: live report {Path(path) / 'report.html'} (updated every {live_report_s:g} s)")
         callbacks.append(LiveReport(path, every_s=live_report_s))
@@ -331,12 +339,7 @@ def write_environment(path: str) -> None:
     """environment.json in the experiment folder: the driver's machine, versions and command."""
     if "://" in path:
         return
-    import ray
-    import torch
-
-    import dyntrain
-    from dyntrain.engine import environment
-    from dyntrain.results import ENVIRONMENT, write_json
+    import ray  # late: see the note on Ray at the top
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = {**environment(device), "ray": ray.__version__, "dyntrain": dyntrain.__version__,
@@ -359,7 +362,7 @@ def unfinished_trials(experiment_path: str) -> int:
     """Trials the saved experiment state holds as neither finished nor failed (an interrupted search).
     The state on storage, not the ResultGrid: Tune marks trials it stopped at an interruption as
     terminated in memory, but saved them as unfinished, and resume continues them."""
-    from ray.tune import ExperimentAnalysis
+    from ray.tune import ExperimentAnalysis  # late: see the note on Ray at the top
 
     return sum(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(experiment_path).trials)
 

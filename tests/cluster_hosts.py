@@ -110,7 +110,7 @@ class Host:
         sh("ip", "netns", "add", self.netns)
         sh("ip", "-n", self.netns, "link", "set", "lo", "up")
 
-    def start(self, timeout: float = 20) -> "Host":
+    def start(self, timeout: float = 20) -> Host:
         hosts_file = self.root / "hosts"
         hosts_file.write_text("".join(f"{ip} {name}\n" for name, ip in self._hosts.items()))
         spec = self.root / "spec.json"

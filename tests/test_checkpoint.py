@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dyntrain.config import ConfigError
-from dyntrain.engine import (
-    CHECKPOINT_FORMAT, CHECKPOINT_KEYS, CheckpointError, CheckpointSchedule, load_checkpoint, save_checkpoint,
-)
+from dyntrain.config import ConfigError, TrainConfig
+from dyntrain.engine import CheckpointSchedule
+from dyntrain.runs import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from dyntrain.sampling import make_policy
 
 
@@ -165,11 +164,14 @@ def test_schedule_by_epochs_and_both():
     assert not CheckpointSchedule(every=None, interval_s=None, clock=Clock()).due(5, last=False)
 
 
-@pytest.mark.parametrize("kw", [{"every": 0}, {"every": True}, {"every": 1.5}, {"interval_s": -1},
-                                {"interval_s": float("nan")}, {"interval_s": float("inf")}])
-def test_schedule_validates(kw):
+@pytest.mark.parametrize("kw", [{"checkpoint_every": 0}, {"checkpoint_every": True}, {"checkpoint_every": 1.5},
+                                {"checkpoint_interval_s": -1}, {"checkpoint_interval_s": 0},
+                                {"checkpoint_interval_s": float("nan")}, {"checkpoint_interval_s": float("inf")}])
+def test_schedule_of_a_config_validates_it(kw):
     with pytest.raises(ConfigError):
-        CheckpointSchedule(**kw)
+        CheckpointSchedule.of(TrainConfig(**kw))
+    schedule = CheckpointSchedule.of(TrainConfig(checkpoint_every=3, checkpoint_interval_s=None))
+    assert (schedule.every, schedule.interval_s) == (3, None)
 
 
 def test_no_temporary_left_behind(tmp_path):

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from dyntrain import cli
-from dyntrain.engine import METRICS, Trainer
+from dyntrain.engine import Trainer
+from dyntrain.runs import METRICS
 
 TIMING = {"epoch_time_s", "wall_time_s"}
 

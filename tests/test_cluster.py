@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cluster_hosts import BIN, Host, Lab, delete_netns, private_root, require, sh, wait_for_port
 
 CLUSTER_DIR = Path(__file__).parents[1] / "tune_scripts" / "cluster"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
-from dyntrain import cli, report, sampling, spaces
+from dyntrain import cli, runs, sampling, spaces, tables
 from dyntrain.config import FIELDS, RESUMABLE_CHANGES, RUNTIME, ConfigError, TrainConfig
 
 
@@ -37,25 +36,23 @@ def test_every_sampling_policy_is_a_choice_everywhere(capsys, tmp_path):
     with pytest.raises(ConfigError, match="policy='greedy' is invalid: must be one of " + ", ".join(names)):
         TrainConfig(policy="greedy").validate()
     assert spaces.BASELINES["policy"] == names
-    assert set(report.PARAMS) == {p for cls in sampling.POLICIES.values() for p in cls.params}
+    assert set(tables.PARAMS) == {p for cls in sampling.POLICIES.values() for p in cls.params}
     for name in names:  # one finished train folder per policy: each is an arm of the policy table
-        out = tmp_path / name
-        out.mkdir()
         cfg = TrainConfig(policy=name, alpha=10, epochs=1).to_dict()
-        (out / "metrics.csv").write_text("epoch,val_acc,test_acc_at_best_val,wall_time_s,subset_size,images_seen,stopped\n"
-                                         f"1,0.5,0.5,1.0,{10 if name != 'full' else 40},10,epochs\n")
-        (out / "summary.json").write_text(json.dumps({"config": cfg, "n_train": 40}))
-    table = report.policy_table(report.load(tmp_path))
+        epoch = {"epoch": 1, "val_acc": 0.5, "test_acc_at_best_val": 0.5, "wall_time_s": 1.0,
+                 "subset_size": 10 if name != "full" else 40, "images_seen": 10, "stopped": "epochs"}
+        runs.write_run(tmp_path / name, cfg, [epoch], summary={"config": cfg, "n_train": 40})
+    table = tables.policy_table(tables.load(tmp_path))
     assert list(table.policy) == names
     for name in names:  # a policy's own parameters are shown, the others not
         row = table[table.policy == name].iloc[0]
-        assert {k for k in report.PARAMS if row[k] is not None} == set(sampling.POLICIES[name].params)
+        assert {k for k in tables.PARAMS if row[k] is not None} == set(sampling.POLICIES[name].params)
 
 
 def test_runtime_fields_change_nothing_computed():
     assert RUNTIME == {"data_dir", "device", "compile", "checkpoint_every", "checkpoint_interval_s", "progress"}
     assert RESUMABLE_CHANGES == RUNTIME | {"epochs"}
-    assert not RUNTIME & set(report.SETTING)
+    assert not RUNTIME & set(tables.SETTING)
 
 
 @pytest.mark.parametrize("field, value, message", [

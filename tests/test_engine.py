@@ -11,8 +11,9 @@ import torch
 from dyntrain import augment
 from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.data import load_dataset
-from dyntrain.engine import METRICS, CheckpointSchedule, Trainer, epoch_batches, load_checkpoint, save_checkpoint
+from dyntrain.engine import CheckpointSchedule, Trainer, epoch_batches
 from dyntrain.model import PaperNet
+from dyntrain.runs import METRICS, load_checkpoint, save_checkpoint
 
 TIMING = {"epoch_time_s", "wall_time_s"}
 

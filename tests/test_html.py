@@ -1,21 +1,19 @@
-"""report.html (dyntrain.html) and its live form (dyntrain.live.LiveReport).
+"""report.html (dyntrain.page) and its live form (dyntrain.live.LiveReport).
 
 Quick tests render pages of `dyntrain train` folders written in the contract format and drive
 LiveReport with stand-in trials. The slow ones run a real tiny `dyntrain tune` search through the
-command line, watch its report.html while it runs, and open the final page in headless Chromium
-over the DevTools protocol: the DOM must hold every trial with the numbers of the report's runs
+command line, watch its report.html while it runs, and open the final page in the system's headless
+Chromium, driven by Playwright: the DOM must hold every trial with the numbers of the report's runs
 table, and the page must make no network request and log no console error.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
 import pickle
 import re
-import select
 import shutil
 import subprocess
 import sys
@@ -30,7 +28,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from dyntrain import html, report  # noqa: E402
+from dyntrain import page as dpage
+from dyntrain import runs, tables  # noqa: E402
 from dyntrain.config import TrainConfig  # noqa: E402
 
 N_TRAIN = 400
@@ -64,12 +63,9 @@ def epochs_of(config: dict) -> list[dict]:
 def write_train_run(out: Path, finished: bool = True, epochs_done: int | None = None, **config) -> Path:
     cfg = TrainConfig().replace(epochs=3, **config).to_dict()
     rows = epochs_of(cfg)[:epochs_done]
-    out.mkdir(parents=True)
-    (out / "config.json").write_text(json.dumps(cfg))
-    pd.DataFrame(rows).to_csv(out / "metrics.csv", index=False)
-    if finished:
-        (out / "summary.json").write_text(json.dumps({"config": cfg, "environment": ENV, "n_train": N_TRAIN,
-                                                      "best": {}, "final": {}, "total_time_s": rows[-1]["wall_time_s"]}))
+    summary = {"config": cfg, "environment": ENV, "n_train": N_TRAIN, "best": {}, "final": {},
+               "total_time_s": rows[-1]["wall_time_s"]} if finished else None
+    runs.write_run(out, cfg, rows, summary)
     return out
 
 
@@ -125,24 +121,18 @@ class Rows(HTMLParser):
             self.rows[self._run][self._col] += data
 
 
-# The page's formats, written out here rather than taken from dyntrain.html.
+# The page's formats, written out here rather than taken from dyntrain.page (times as the tables
+# write them: tables.fmt_time, tested against the paper's form in test_report.py).
 def pct(x) -> str:
     return f"{100 * x:.2f}"
 
 
-def seconds(s) -> str:
-    if s < 60:
-        return f"{s:.1f}s"
-    h, m, sec = int(s // 3600), int(s % 3600 // 60), int(round(s % 60))
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
-
-
 def expected_cells(r) -> dict[str, str]:
-    """What the trial table must show for a row of `report.runs` (or of runs.csv)."""
+    """What the trial table must show for a row of `tables.runs` (or of runs.csv)."""
     cells = {"best_val_acc": pct(r.best_val_acc), "test_acc_at_best_val": pct(r.test_acc_at_best_val),
-             "time_s": seconds(r.time_s), "images_seen": f"{r.images_seen:,.0f}",
+             "time_s": tables.fmt_time(r.time_s), "images_seen": f"{r.images_seen:,.0f}",
              "epochs_done": f"{int(r.epochs_done)}/{int(r.epochs)}"}
-    if "gpu_s" in r and r.gpu_s == r.gpu_s:
+    if "gpu_s" in r and not pd.isna(r.gpu_s):
         cells["gpu_s"] = f"{r.gpu_s:,.1f}"
     return cells
 
@@ -161,15 +151,15 @@ def assert_self_contained(page: str) -> None:
 # ---------------------------------------------------------------- the page (quick)
 
 def test_page_of_train_folders(train_runs, tmp_path):
-    out = html.write_html([train_runs], tmp_path / "report.html")
+    out = dpage.write_html([train_runs], tmp_path / "report.html")
     assert out == tmp_path / "report.html" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
     page = out.read_text()
     assert_self_contained(page)
     assert not REFRESH.search(page) and "could not be drawn" not in page
     assert re.fullmatch(r"updated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d, 11 of 12 trials finished", STATE.search(page)[1])
 
-    df = report.load(train_runs)
-    runs = report.runs(df)
+    df = tables.load(train_runs)
+    runs = tables.runs(df)
     table = Rows(page)
     assert set(table.rows) == set(runs.index) and len(runs) == 12
     assert table.heads[:5] == ["name", "shown_status", "setting", "policy", "alpha"]
@@ -191,15 +181,15 @@ def test_page_of_train_folders(train_runs, tmp_path):
     assert '"ticktext":["full","static","dynamic"]' in page  # policy as integers with its names
     assert "resample type I" in page and "resample type II" in page and "triangle-up" in page
     # The report's tables, as `dyntrain report` shows them.
-    for cell in report.show_policies(report.policy_table(df)).to_numpy().ravel():
+    for cell in tables.show_policies(tables.policy_table(df)).to_numpy().ravel():
         assert f"<td>{cell}</td>" in page
     assert "95% CI (±)" in page and "Time to accuracy" in page
     assert "2.99.0-test" in page and "device_name" in page  # the environment of summary.json
 
 
 def test_live_page_reloads_and_says_how_far_it_is(train_runs, tmp_path):
-    df = report.load(train_runs)
-    page = html.write_html(df, tmp_path / "live.html", live=True, refresh_s=7, title="a <live> page").read_text()
+    df = tables.load(train_runs)
+    page = dpage.write_html(df, tmp_path / "live.html", live=True, refresh_s=7, title="a <live> page").read_text()
     assert REFRESH.search(page)[1] == "7"
     assert re.fullmatch(r"live: updated \d\d:\d\d:\d\d, 11 of 12 trials finished", STATE.search(page)[1])
     assert "<title>a &lt;live&gt; page</title>" in page
@@ -209,7 +199,7 @@ def test_live_page_reloads_and_says_how_far_it_is(train_runs, tmp_path):
 def test_page_without_finished_runs(tmp_path):
     for seed in (0, 1):
         write_train_run(tmp_path / "runs" / f"r{seed}", finished=False, epochs_done=1, policy="dynamic", alpha=100, seed=seed)
-    page = html.write_html(tmp_path / "runs", tmp_path / "report.html", live=True).read_text()
+    page = dpage.write_html(tmp_path / "runs", tmp_path / "report.html", live=True).read_text()
     assert "0 of 2 trials finished" in page and "no finished runs yet" in page and "could not be drawn" not in page
     assert 'id="fig-parcoords"' in page and 'id="fig-curves-epoch"' in page  # running trials are plotted already
 
@@ -221,19 +211,19 @@ def test_write_is_atomic(train_runs, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("render failed")
 
-    monkeypatch.setattr(html, "render", broken)
+    monkeypatch.setattr(dpage, "render", broken)
     with pytest.raises(RuntimeError):
-        html.write_html(train_runs, out)
+        dpage.write_html(train_runs, out)
     assert out.read_text() == "the old page" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
     monkeypatch.undo()
-    html.write_html(train_runs, out)
+    dpage.write_html(train_runs, out)
     assert out.read_text().startswith("<!DOCTYPE html>") and [p.name for p in tmp_path.iterdir()] == ["report.html"]
     assert oct(out.stat().st_mode & 0o777) == "0o644"
 
 
 def test_html_table(train_runs):
-    df = report.load(train_runs)
-    fragment = html.html_table(report.show_grid(report.grid_table(df)), "grid")
+    df = tables.load(train_runs)
+    fragment = dpage.html_table(tables.show_grid(tables.grid_table(df)), "grid")
     assert fragment.startswith('<div class="scroll"><table class="report-table grid">')
     assert fragment.count("<tr>") == 3 and "α \\ β" in fragment  # a header row and α = 200, 100
     assert len(re.findall(r"<td>\d+\.\d ± \d+\.\d</td>", fragment)) == 4  # mean ± std over 2 seeds in each cell
@@ -372,128 +362,73 @@ def test_live_page_while_a_real_search_runs(watched_search):
     assert set(rows) == {"exp/" + "_".join(folder.split("_")[1:3]) for folder in trials}  # trainable_<id>_<n>_...
 
 
-class Chromium:
-    """Headless Chromium over the DevTools protocol on a pipe (--remote-debugging-pipe): commands go
-    to the browser's fd 3, replies and events come back on its fd 4, each a JSON text ended by NUL."""
-
-    def __init__(self, exe: str, profile: Path):
-        cmd_read, self._cmd = os.pipe()
-        self._out, out_write = os.pipe()
-
-        def wire():  # in the child, before exec: the pipe ends on fds 3 and 4
-            os.dup2(cmd_read, 3)
-            os.dup2(out_write, 4)
-
-        self.proc = subprocess.Popen(
-            [exe, "--headless=new", "--no-sandbox", "--remote-debugging-pipe", f"--user-data-dir={profile}",
-             "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-extensions", "--mute-audio",
-             "--enable-unsafe-swiftshader", "--use-angle=swiftshader",  # WebGL (parallel coordinates) on the CPU
-             "--window-size=1400,1000", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=wire, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        os.close(cmd_read)
-        os.close(out_write)
-        self._buf, self._id, self.events = b"", 0, []
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60):
-        self._id += 1
-        message = {"id": self._id, "method": method, "params": params or {}, **({"sessionId": session} if session else {})}
-        os.write(self._cmd, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self._next(deadline)
-            if m.get("id") == self._id:
-                if "error" in m:
-                    raise RuntimeError(f"{method}: {m['error']}")
-                return m["result"]
-            self.events.append(m)
-
-    def wait_for(self, method: str, timeout: float = 60) -> dict:
-        for m in self.events:
-            if m.get("method") == method:
-                return m
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self._next(deadline)
-            self.events.append(m)
-            if m.get("method") == method:
-                return m
-
-    def _next(self, deadline: float) -> dict:
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._out], [], [], left)[0]:
-                raise TimeoutError("Chromium did not answer")
-            chunk = os.read(self._out, 1 << 20)
-            if not chunk:
-                raise EOFError(f"Chromium closed the pipe: {self.proc.stderr.read().decode()[-2000:]}")
-            self._buf += chunk
-        message, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(message)
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close", timeout=10)
-            self.proc.wait(10)
-        except Exception:  # noqa: BLE001
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._cmd)
-        os.close(self._out)
-
-
 @pytest.fixture
-def chromium(tmp_path):
+def chromium():
+    """A browser context in the system's headless Chromium, driven by Playwright (which downloads no
+    browser of its own here: `executable_path`), its viewport 1400 x 1000."""
     exe = os.environ.get("DYNTRAIN_CHROMIUM") or next(
         (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")) if p), None)
-    if exe is None:
-        reason = ("NO BROWSER: the report.html browser test needs Chromium (Debian: apt-get install chromium; "
-                  "or set DYNTRAIN_CHROMIUM to a Chrome/Chromium binary)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if exe is None or sync_playwright is None:
+        needs = [*(["Chromium (Debian: apt-get install chromium; or set DYNTRAIN_CHROMIUM to a Chrome/Chromium "
+                    "binary)"] if exe is None else []),
+                 *(["Playwright (pip install -e '.[test]')"] if sync_playwright is None else [])]
+        reason = f"NO BROWSER: the report.html browser test needs {' and '.join(needs)}"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    browser = Chromium(exe, tmp_path / "chromium-profile")
-    yield browser
-    browser.close()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=[
+            "--disable-extensions",
+            "--enable-unsafe-swiftshader", "--use-angle=swiftshader"])  # WebGL (parallel coordinates) on the CPU
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.set_default_timeout(60_000)
+            yield context
+        finally:
+            browser.close()
+
+
+FIGURES_DRAWN = ("() => document.querySelectorAll('.js-plotly-plot .main-svg').length > 0 && "
+                 "Array.from(document.querySelectorAll('.plotly-graph-div')).every(d => d.querySelector('.main-svg'))")
+NEXT_FRAME = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"  # laid out and painted
 
 
 @pytest.mark.slow
 def test_report_page_in_a_real_browser(watched_search, chromium, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    from dyntrain.cli import write_report
+
     exp, _, _ = watched_search
     page_file = exp / "report.html"  # LiveReport's final page; write_html of the finished experiment must agree
-    rewritten = html.write_html(exp, tmp_path / "report.html").read_text()
+    rewritten = dpage.write_html(exp, tmp_path / "report.html").read_text()
     assert Rows(rewritten).rows == Rows(page_file.read_text()).rows
     assert_self_contained(page_file.read_text())
-    report.report(exp, tmp_path / "tables", formats=("csv",), with_figures=False)
+    write_report(exp, tmp_path / "tables", formats=("csv",), with_figures=False)  # `dyntrain report`'s runs.csv
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv", index_col=0)
     assert len(runs) == 4
 
-    b = chromium
-    target = b.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    s = b.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-    for domain in ("Page", "Runtime", "Network", "Log"):
-        b.send(f"{domain}.enable", session=s)
+    requests, errors = [], []  # every request of the context (its pages, workers), from before the first
+    chromium.on("request", lambda r: requests.append(r.url))
+    tab = chromium.new_page()
+    tab.on("websocket", lambda ws: requests.append(ws.url))
+    tab.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    tab.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type in ("error", "assert") else None)
     url = page_file.as_uri()
-    b.send("Page.navigate", {"url": url}, session=s)
-    b.wait_for("Page.loadEventFired")
-
-    def js(expression: str):
-        r = b.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session=s)
-        assert "exceptionDetails" not in r, r
-        return r["result"].get("value")
+    tab.goto(url, wait_until="load")
 
     n_figures = page_file.read_text().count('class="plotly-graph-div"')
     assert n_figures == 4  # parallel coordinates, two sets of curves, the α x β heat map
-    deadline = time.monotonic() + 60
-    while js("document.querySelectorAll('.js-plotly-plot .main-svg').length > 0 && "
-             "Array.from(document.querySelectorAll('.plotly-graph-div')).every(d => d.querySelector('.main-svg'))") is not True:
-        assert time.monotonic() < deadline, "plotly did not draw every figure"
-        time.sleep(0.2)
+    tab.wait_for_function(FIGURES_DRAWN)  # polled every animation frame; fails after 60 s: plotly did not draw
 
     # Every trial and its numbers, as the rendered DOM holds them.
-    rows = json.loads(js("""JSON.stringify(Array.from(document.querySelectorAll('#trial-table tbody tr')).map(tr =>
-        [tr.dataset.run, Object.fromEntries(Array.from(tr.cells).map(td => [td.dataset.col, td.textContent.trim()]))]))"""))
-    dom = dict(rows)
+    dom = dict(tab.evaluate("""() => Array.from(document.querySelectorAll('#trial-table tbody tr')).map(tr =>
+        [tr.dataset.run, Object.fromEntries(Array.from(tr.cells).map(td => [td.dataset.col, td.textContent.trim()]))])"""))
     assert set(dom) == set(runs.index)
     for run, r in runs.iterrows():
         assert dom[run]["shown_status"] == "finished" and dom[run]["setting"] == r.setting
@@ -505,34 +440,41 @@ def test_report_page_in_a_real_browser(watched_search, chromium, tmp_path):
         assert dom[run]["where"].startswith(str(r.node_ip))
 
     # Sort by best validation accuracy (twice: descending), then filter.
-    js("document.querySelector('th[data-col=\"best_val_acc\"] button').click()")
-    js("document.querySelector('th[data-col=\"best_val_acc\"] button').click()")
-    keys = js("Array.from(document.querySelectorAll('#trial-table tbody td[data-col=\"best_val_acc\"]'))"
-              ".map(td => parseFloat(td.dataset.sort))")
+    head = tab.locator('#trial-table th[data-col="best_val_acc"]')
+    head.locator("button").click()
+    head.locator("button").click()
+    expect(head).to_have_attribute("aria-sort", "descending")
+    keys = tab.evaluate("() => Array.from(document.querySelectorAll('#trial-table tbody td[data-col=\"best_val_acc\"]'))"
+                        ".map(td => parseFloat(td.dataset.sort))")
     assert keys == sorted(keys, reverse=True) and len(keys) == 4
-    assert js("document.querySelector('th[data-col=\"best_val_acc\"]').getAttribute('aria-sort')") == "descending"
-    js("const f = document.getElementById('filter'); f.value = 'dynamic β=0.5'; f.dispatchEvent(new Event('input'))")
-    assert js("Array.from(document.querySelectorAll('#trial-table tbody tr')).filter(tr => !tr.hidden).length") == 1
-    assert js("document.getElementById('shown').textContent") == "1 of 4 trials"
-    assert "4 of 4 trials finished" in js("document.getElementById('state').textContent")
-    assert "environment" in js("document.getElementById('environment').textContent").lower()
-    assert "ray" in js("document.querySelector('#environment table.env').textContent")
+    tab.locator("#filter").fill("dynamic β=0.5")  # types it: an input event
+    expect(tab.locator("#trial-table tbody tr:not([hidden])")).to_have_count(1)
+    expect(tab.locator("#shown")).to_have_text("1 of 4 trials")
+    assert tab.locator("#shown").text_content() == "1 of 4 trials"
+    assert "4 of 4 trials finished" in tab.locator("#state").text_content()
+    assert "environment" in tab.locator("#environment").text_content().lower()
+    assert "ray" in tab.locator("#environment table.env").first.text_content()
 
-    height = min(js("Math.ceil(document.documentElement.scrollHeight)"), 12000)
-    b.send("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": height, "deviceScaleFactor": 1,
-                                                  "mobile": False}, session=s)
-    time.sleep(0.5)
-    shot = base64.b64decode(b.send("Page.captureScreenshot", {"format": "png"}, session=s)["data"])
-    (tmp_path / "report.png").write_bytes(shot)
+    # The whole page in one shot: the viewport grown to its height, once the figures are redrawn at that
+    # size (plotly's own resize, awaited for every figure after the window's resize event) and painted.
+    height = min(tab.evaluate("Math.ceil(document.documentElement.scrollHeight)"), 12000)
+    tab.set_viewport_size({"width": 1400, "height": height})
+    tab.wait_for_function("h => window.innerHeight === h", arg=height)
+    tab.evaluate(NEXT_FRAME)  # the resize event is dispatched before the frame's callbacks
+    tab.evaluate("() => Promise.all(Array.from(document.querySelectorAll('.js-plotly-plot'), d => Plotly.Plots.resize(d)))")
+    tab.evaluate(NEXT_FRAME)
+    shot = tab.screenshot(type="png", path=tmp_path / "report.png")
     assert shot.startswith(b"\x89PNG") and len(shot) > 50_000
 
     # Nothing left the page: one request, for the page itself (data: and blob: URLs stay inside it) ...
-    js("new Promise(r => setTimeout(r, 300))")  # late events
-    requests = [m["params"]["request"]["url"] for m in b.events if m.get("method") == "Network.requestWillBeSent"]
+    try:
+        tab.wait_for_load_state("networkidle", timeout=15_000)  # no request in flight for 500 ms after the load event
+        in_flight = False
+    except PlaywrightTimeout:  # a request that never ends (one the page's CSP blocked, say): it is in `requests`
+        in_flight = True
+    assert tab.evaluate(FIGURES_DRAWN) is True  # still drawn after the resize
     outside = [u for u in requests if u != url and not u.startswith(("data:", "blob:"))]
     assert requests.count(url) == 1 and not outside, outside
+    assert not in_flight, "requests still in flight 15 s after the page was drawn"
     # ... and nothing went wrong in it.
-    errors = [m["params"] for m in b.events if m.get("method") == "Runtime.exceptionThrown"
-              or m.get("method") == "Runtime.consoleAPICalled" and m["params"]["type"] in ("error", "assert")
-              or m.get("method") == "Log.entryAdded" and m["params"]["entry"]["level"] == "error"]
     assert not errors, json.dumps(errors)[:3000]

@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dyntrain import cli, figures, report
-from dyntrain.engine import METRICS
+from dyntrain import cli, figures, runs, tables
 from dyntrain.config import TrainConfig
 
 N_TRAIN = 400
@@ -68,13 +67,9 @@ def stop_static_seed1(trial_id, result):  # what an ASHA stop looks like: TERMIN
 def write_train_run(out: Path, finished: bool = True, epochs_done: int | None = None, **config) -> Path:
     cfg = TrainConfig().replace(epochs=2, **config).to_dict()
     rows = epochs_of(cfg)[:epochs_done]
-    out.mkdir(parents=True)
-    (out / "config.json").write_text(json.dumps(cfg))
-    pd.DataFrame(rows, columns=METRICS).to_csv(out / "metrics.csv", index=False)
-    if finished:
-        summary = {"config": cfg, "environment": {}, "n_train": N_TRAIN, "best": {}, "final": {},
-                   "total_time_s": rows[-1]["wall_time_s"]}
-        (out / "summary.json").write_text(json.dumps(summary))
+    summary = {"config": cfg, "environment": {}, "n_train": N_TRAIN, "best": {}, "final": {},
+               "total_time_s": rows[-1]["wall_time_s"]} if finished else None
+    runs.write_run(out, cfg, rows, summary)
     return out
 
 
@@ -129,7 +124,7 @@ def ray_exps(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ray_records_match_raw_per_epoch_results(ray_exps):
-    df = report.load(ray_exps / "grid")
+    df = tables.load(ray_exps / "grid")
     raw = raw_trials(ray_exps / "grid")
     assert len(df) == sum(len(r) for _, r in raw) == 16
     assert set(df.status) == {"finished"} and not df.early_stopped.any()
@@ -143,12 +138,12 @@ def test_ray_records_match_raw_per_epoch_results(ray_exps):
 
 @pytest.mark.slow
 def test_grid_tables_match_raw(ray_exps):
-    df = report.load(ray_exps / "grid")
+    df = tables.load(ray_exps / "grid")
     cells: dict = {}
     for params, r in raw_trials(ray_exps / "grid"):
         cells.setdefault((params["alpha"], params["beta"]), []).append(
             (100 * r.val_acc.max(), 100 * r.test_acc_at_best_val.iloc[-1], r.wall_time_s.iloc[-1]))
-    val, test, time = (report.grid_table(df), report.grid_table(df, "test_acc_at_best_val"), report.time_table(df))
+    val, test, time = (tables.grid_table(df), tables.grid_table(df, "test_acc_at_best_val"), tables.time_table(df))
     assert list(val["mean"].index) == [200, 100] and list(val["mean"].columns) == [0.1, 0.5]
     for (alpha, beta), vals in cells.items():
         for table, i in ((val, 0), (test, 1), (time, 2)):
@@ -162,10 +157,10 @@ def test_grid_tables_match_raw(ray_exps):
 
 @pytest.mark.slow
 def test_policy_table_after_restore(ray_exps):
-    df = report.load(ray_exps / "policies")
+    df = tables.load(ray_exps / "policies")
     assert set(df.status) == {"finished"}  # the errored trial was restarted and finished
     assert df.run.nunique() == 6 < len(list((ray_exps / "policies").glob("*/params.json")))
-    t = report.policy_table(df)
+    t = tables.policy_table(df)
     assert list(t.policy) == ["full", "static", "random"] and list(t.n) == [2, 2, 2]
     per_run = {}
     for params, r in raw_trials(ray_exps / "policies"):
@@ -187,15 +182,15 @@ def test_policy_table_after_restore(ray_exps):
     assert list(t.seeds) == [2, 2, 2]
     static = t[t.policy == "static"].iloc[0]
     assert static.early_stopped == 1 and pd.isna(t[t.policy == "full"].iloc[0].alpha)
-    assert report.runs(df).query("policy == 'static' and seed == 1").epochs_done.item() == 1
+    assert tables.runs(df).query("policy == 'static' and seed == 1").epochs_done.item() == 1
 
 
 @pytest.mark.slow
 def test_errored_trial_is_listed_apart(ray_exps):
-    df = report.load(ray_exps / "policies_error")
-    u = report.unfinished(df)
+    df = tables.load(ray_exps / "policies_error")
+    u = tables.unfinished(df)
     assert list(u.status) == ["error"] and u.setting.item() == "random α=200" and u.epochs_done.item() == 1
-    t = report.policy_table(df)
+    t = tables.policy_table(df)
     assert t[t.policy == "random"].n.item() == 1
 
 
@@ -216,10 +211,10 @@ def test_running_and_pending_trials_are_listed_apart(ray_exps, tmp_path):
     (pending / "result.json").unlink()
     (pending / "progress.csv").unlink()
 
-    df = report.load(exp)
-    u = report.unfinished(df).sort_values("status")
+    df = tables.load(exp)
+    u = tables.unfinished(df).sort_values("status")
     assert list(u.status) == ["in_progress", "pending"] and list(u.epochs_done.fillna(0)) == [1, 0]
-    assert report.grid_table(df)["n"].to_numpy().sum() == 6
+    assert tables.grid_table(df)["n"].to_numpy().sum() == 6
 
 
 @pytest.mark.slow
@@ -232,9 +227,9 @@ def test_repeated_trials_take_their_seed_from_the_trial_index(ray_exps, tmp_path
     trial["config"]["__trial_index__"] = 3
     state["trial_data"][0][0] = json.dumps(trial)
     state_path.write_text(json.dumps(state))
-    seeds = report.runs(report.load(exp)).seed
+    seeds = tables.runs(tables.load(exp)).seed
     assert seeds[f"grid/{trial['trial_id']}"] == trial["config"]["seed"] + 3
-    assert "__trial_index__" not in report.load(exp).columns
+    assert "__trial_index__" not in tables.load(exp).columns
 
 
 def test_train_folders_tables_and_time_to_accuracy(tmp_path):
@@ -243,9 +238,9 @@ def test_train_folders_tables_and_time_to_accuracy(tmp_path):
             write_train_run(tmp_path / f"full{aug}{seed}", policy="full", augment=aug, seed=seed)
             write_train_run(tmp_path / f"dyn{aug}{seed}", policy="dynamic", alpha=200, beta=0.5, augment=aug, seed=seed)
     write_train_run(tmp_path / "running", policy="dynamic", alpha=200, beta=0.5, finished=False, epochs_done=1)
-    df = report.load(tmp_path)
-    assert report.unfinished(df).index.tolist() == [str(tmp_path / "running")]
-    t = report.policy_table(df)
+    df = tables.load(tmp_path)
+    assert tables.unfinished(df).index.tolist() == [str(tmp_path / "running")]
+    t = tables.policy_table(df)
     assert list(zip(t.policy, t.augment)) == [("full", False), ("dynamic", False), ("full", True), ("dynamic", True)]
     assert list(t.index) == ["full", "dynamic α=200 β=0.5", "full +aug", "dynamic α=200 β=0.5 +aug"]
     dyn_aug = t.loc["dynamic α=200 β=0.5 +aug"]
@@ -253,7 +248,7 @@ def test_train_folders_tables_and_time_to_accuracy(tmp_path):
     assert dyn_aug.share == pytest.approx(0.5) and dyn_aug.n == 2  # the in-progress run is not counted
     assert dyn_aug.time_saved == pytest.approx(1 - dyn_aug.time_s / full_aug.time_s)
 
-    tta = report.time_to_accuracy(df)
+    tta = tables.time_to_accuracy(df)
     assert list(tta.index) == list(t.index)
     for label, policy, aug in (("dynamic α=200 β=0.5", "dynamic", False), ("full +aug", "full", True)):
         arm = [epochs_of({"policy": policy, "alpha": 200, "beta": 0.5, "augment": aug, "epochs": 2, "seed": s}) for s in (0, 1)]
@@ -274,16 +269,16 @@ def test_several_grids_must_be_chosen(tmp_path):
     for delta in (0.01, 0.02):
         for beta in (0.1, 0.5):
             write_train_run(tmp_path / f"d{delta}b{beta}", policy="dynamic", alpha=100, beta=beta, delta=delta)
-    df = report.load(tmp_path)
-    assert report.grids(df) == ["dynamic δ=0.01", "dynamic δ=0.02"]
-    with pytest.raises(report.ReportError, match="several"):
-        report.grid_table(df)
-    assert report.grid_table(df, grid="dynamic δ=0.02")["n"].to_numpy().sum() == 2
+    df = tables.load(tmp_path)
+    assert tables.grids(df) == ["dynamic δ=0.01", "dynamic δ=0.02"]
+    with pytest.raises(tables.ReportError, match="several"):
+        tables.grid_table(df)
+    assert tables.grid_table(df, grid="dynamic δ=0.02")["n"].to_numpy().sum() == 2
 
 
 @pytest.mark.slow
 def test_elitism_curves_are_running_maximum_mean(ray_exps):
-    df = report.load(ray_exps / "grid")
+    df = tables.load(ray_exps / "grid")
     arm = df[(df.alpha == 100) & (df.beta == 0.1)]
     fig = figures.plot_curves(arm, elitism=True)
     y = fig.axes[0].lines[0].get_ydata()
@@ -304,7 +299,7 @@ def test_main_writes_tables_and_figures(ray_exps, tmp_path, capsys):
         for fmt in ("png", "svg"):
             assert (out / f"{name}.{fmt}").stat().st_size > 1000
     grid_csv = pd.read_csv(out / "grid_best_val_acc.csv", index_col=0)
-    assert grid_csv.loc[200, "beta=0.5 mean"] == pytest.approx(report.grid_table(report.load(ray_exps / "grid"))["mean"].loc[200, 0.5])
+    assert grid_csv.loc[200, "beta=0.5 mean"] == pytest.approx(tables.grid_table(tables.load(ray_exps / "grid"))["mean"].loc[200, 0.5])
     md = (out / "grid_time.md").read_text().splitlines()
     assert md[0] == "| α \\ β | 0.1 | 0.5 |" and " ± " in md[2]
     assert r"$\pm$" in (out / "policies.tex").read_text()
@@ -325,8 +320,8 @@ def test_only_runs_in_progress(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "no finished runs yet" in err and "in_progress, 1/2 epochs" in err and "in_progress, —/200 epochs" in err
-    with pytest.raises(report.ReportError, match="no finished runs"):
-        report.policy_table(report.load(tmp_path))
+    with pytest.raises(tables.ReportError, match="no finished runs"):
+        tables.policy_table(tables.load(tmp_path))
 
 
 @pytest.mark.parametrize("case, message", [
@@ -354,19 +349,19 @@ def test_unreadable_directories(case, message, tmp_path, capsys):
         (d / "run" / "summary.json").write_text('{"config": ')
     elif case == "bad_state":
         (d / "experiment_state-2026-01-01_00-00-00.json").write_text("{not json")
-    with pytest.raises(report.ReportError, match=message):
-        report.load(d)
+    with pytest.raises(tables.ReportError, match=message):
+        tables.load(d)
     assert cli.main(["report", str(d), "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_t_quantiles():
-    assert report.t975(1) == 12.706 and report.t975(4) == 2.776 and report.t975(29) == 2.045
-    assert report.t975(60) == pytest.approx(2.000, abs=1e-3) and report.t975(120) == pytest.approx(1.980, abs=1e-3)
+    assert tables.t975(1) == 12.706 and tables.t975(4) == 2.776 and tables.t975(29) == 2.045
+    assert tables.t975(60) == pytest.approx(2.000, abs=1e-3) and tables.t975(120) == pytest.approx(1.980, abs=1e-3)
 
 
 def test_time_format():
-    assert [report.fmt_time(s) for s in (4.21, 1948, 3723)] == ["4.2s", "32m28s", "1h02m03s"]
+    assert [tables.fmt_time(s) for s in (4.21, 1948, 3723)] == ["4.2s", "32m28s", "1h02m03s"]
 
 
 def test_budgeted_full_run_is_its_own_arm(tmp_path):
@@ -374,7 +369,7 @@ def test_budgeted_full_run_is_its_own_arm(tmp_path):
     for seed in (0, 1):
         write_train_run(tmp_path / f"full{seed}", policy="full", seed=seed)
         write_train_run(tmp_path / f"budget{seed}", policy="full", seed=seed, time_budget_s=3.5)
-    t = report.policy_table(report.load(tmp_path))
+    t = tables.policy_table(tables.load(tmp_path))
     assert list(t.index) == ["full", "full time_budget_s=3.5"]
     assert list(t.n) == [2, 2]
 
@@ -383,5 +378,5 @@ def test_budgeted_full_run_is_its_own_arm(tmp_path):
 def test_relative_experiment_path(ray_exps, monkeypatch):
     """`dyntrain report results/ray/NAME` from the repository root: a relative path, not a URI."""
     monkeypatch.chdir(ray_exps)
-    relative = report.load("grid")
-    assert len(relative) == len(report.load(ray_exps / "grid")) > 0
+    relative = tables.load("grid")
+    assert len(relative) == len(tables.load(ray_exps / "grid")) > 0

@@ -5,7 +5,6 @@ experiment interrupted from the driver and resumed."""
 from __future__ import annotations
 
 import os
-
 import signal
 import subprocess
 import sys
@@ -16,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dyntrain import cli
-from dyntrain import spaces
+from dyntrain import cli, spaces
 from dyntrain import tune as dtune
 from dyntrain.config import ConfigError, TrainConfig
 

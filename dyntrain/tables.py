@@ -6,7 +6,8 @@
 Every table is a small pure function of that frame, with its formatter beside it (`show_*`: the
 strings of the Markdown and LaTeX tables). Only finished runs enter tables and figures; runs in
 progress, pending or failed are listed apart (`unfinished`). Accuracies are fractions in the frame
-and percent in the tables. Figures: `dyntrain.figures`; the interactive page: `dyntrain.html`.
+and percent in the tables. Figures (`dyntrain.figures`) and the page (`dyntrain.page`) are drawn
+from these tables; `dyntrain report` (dyntrain.cli) writes them all.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from dyntrain.config import FIELDS, RUNTIME
-from dyntrain.results import ReportError, read
+from dyntrain.runs import ReportError, read
 from dyntrain.sampling import POLICIES
 
 __all__ = ["ReportError", "load"]  # the rest is public by name
@@ -39,7 +40,7 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def load(paths) -> pd.DataFrame:
-    """`dyntrain.results.read` (one row per run x epoch) plus the labels of the comparison: `setting`
+    """`dyntrain.runs.read` (one row per run x epoch) plus the labels of the comparison: `setting`
     (one arm: the policy, its parameters and whatever else varies) and `grid` (its α x β grid)."""
     df = read(paths)
     ref = df[df.policy == "full"].groupby(key(df, CONTEXT))["subset_size"].max()
@@ -58,7 +59,7 @@ def labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     per_run = df.drop_duplicates("run")
     masked = per_run[SETTING].astype(object).copy()
     for k in PARAMS:
-        masked.loc[~per_run.policy.map(lambda p: k in POLICIES[p].params), k] = None
+        masked.loc[~per_run.policy.map(lambda p, k=k: k in POLICIES[p].params), k] = None
     # A Greek parameter a policy does not use is masked out; any other field varies even between set and unset.
     varying = [k for k in SETTING if k != "policy" and (masked[k].dropna() if k in GREEK else masked[k]).map(str).nunique() > 1]
 
@@ -79,9 +80,14 @@ def labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 # ---------------------------------------------------------------- cells
 
+def missing(x) -> bool:
+    """None, NaN or pandas' NA: a number a run does not have."""
+    return x is None or (not isinstance(x, str) and bool(pd.isna(x)))
+
+
 def fmt_time(s: float) -> str:
     """Seconds as the paper writes times: 32m28s, 1h02m03s; under a minute 4.2s."""
-    if s != s:  # NaN
+    if missing(s):
         return "—"
     if s < 60:
         return f"{s:.1f}s"
@@ -90,13 +96,13 @@ def fmt_time(s: float) -> str:
 
 
 def _pm(mean, std, fmt) -> str:
-    if mean != mean:
+    if missing(mean):
         return "—"
-    return fmt(mean) + (f" ± {fmt(std)}" if std == std else "")
+    return fmt(mean) + ("" if missing(std) else f" ± {fmt(std)}")
 
 
 def _num(x, spec=".1f", scale=1.0, suffix=""):
-    return "—" if x is None or x != x else f"{x * scale:{spec}}{suffix}"
+    return "—" if missing(x) else f"{x * scale:{spec}}{suffix}"
 
 
 # ---------------------------------------------------------------- tables (each with its formatter)
@@ -207,7 +213,7 @@ def policy_table(df: pd.DataFrame, metric: str = "test_acc_at_best_val") -> pd.D
     t["time_saved"] = 1 - t.time_s / full.map(t.time_s)
     t["acc_lost"] = full.map(t.acc) - t.acc
     for k in PARAMS:
-        t[k] = t[k].astype(object).where(t.policy.map(lambda p: k in POLICIES[p].params), None)
+        t[k] = t[k].astype(object).where(t.policy.map(lambda p, k=k: k in POLICIES[p].params), None)
     return t.loc[arms(r)].drop(columns="context")
 
 
@@ -333,37 +339,3 @@ def tables(df: pd.DataFrame, metric: str = "test_acc_at_best_val") -> dict[str, 
         t = unfinished(df)
         out["unfinished"] = (t, show_unfinished(t))
     return out
-
-
-def report(paths, out, formats=("md", "csv", "tex"), with_figures: bool = True, elitism: bool = False,
-           metric: str = "test_acc_at_best_val") -> dict[str, pd.DataFrame]:
-    """Load `paths`, write every table in `formats` (with md, also report.md holding all; with html,
-    the interactive report.html) and the figures under `out`; return the tables by name."""
-    from dyntrain import figures
-
-    bad = sorted(set(formats) - set(FORMATS))
-    if bad or not formats:
-        raise ReportError(f"format {','.join(formats)!r}: choose from {', '.join(FORMATS)}")
-    df = load(paths)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    found = tables(df, metric)
-    md = []
-    for name, (table, shown) in found.items():
-        if shown is None:
-            shown = table
-        else:
-            md += [f"## {name}", "", to_markdown(shown), ""]
-        write_table(table, shown, out / name, [f for f in formats if f in ("md", "csv", "tex")])
-    if with_figures and not finished(df).empty:
-        md += [f"![{p.stem}]({p.name})" for p in figures.write(df, out, elitism) if p.suffix == ".png"]
-    if "md" in formats:
-        (out / "report.md").write_text("\n".join(md) + "\n")
-    if "html" in formats:
-        from dyntrain import html
-
-        html.write_html(paths, out / "report.html")
-    return {name: table for name, (table, _) in found.items()}
-
-
-FORMATS = ("md", "csv", "tex", "html")

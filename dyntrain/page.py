@@ -1,11 +1,11 @@
 """One self-contained, interactive report.html of Ray Tune experiments and `dyntrain train` folders.
 
-    from dyntrain.html import write_html
-    write_html(["results/ray/paper-grid"], "report.html")            # or a frame of dyntrain.report.load
+    from dyntrain.page import write_html
+    write_html(["results/ray/paper-grid"], "report.html")            # or a frame of dyntrain.tables.load
     write_html(df, "report.html", live=True, refresh_s=10)            # a page that reloads itself
 
 The page opens offline from a file: plotly.js, the styles and the small table script are inlined
-once, and nothing on it makes a request. It holds, from the frame of `dyntrain.report.load`:
+once, and nothing on it makes a request. It holds, from the frame of `dyntrain.tables.load`:
 
   * the trials: every varying parameter and the key metrics, with status, sortable (click a header)
     and filterable (type words; every word must appear in the row);
@@ -22,23 +22,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+from collections.abc import Iterable
 from datetime import datetime
-from importlib import resources
 from html import escape
+from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
 
 import pandas as pd
+import plotly
+from plotly.offline import get_plotlyjs
 
+import dyntrain
 from dyntrain import figures as plots
-from dyntrain import report
+from dyntrain import tables
 from dyntrain.config import TrainConfig
-from dyntrain.results import atomic_write
+from dyntrain.runs import atomic_write, environments
 from dyntrain.sampling import POLICIES
 
-GREEK = report.GREEK
+GREEK = tables.GREEK
 # Config fields that never make two runs differ in what they compute: never shown as parameters.
 NOT_PARAMETERS = {"data_dir", "progress"}
 STATUS = {"finished": "finished", "in_progress": "running", "pending": "pending", "error": "error"}
@@ -49,9 +51,9 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 def write_html(paths_or_df, out_file, *, live: bool = False, refresh_s: float = 10, title: str | None = None) -> Path:
     """Write the report of `paths_or_df` (experiment directories and train folders, or a frame of
-    `dyntrain.report.load`) to `out_file`, atomically; return its path. With `live` the page reloads
+    `dyntrain.tables.load`) to `out_file`, atomically; return its path. With `live` the page reloads
     itself every `refresh_s` seconds and says when it was updated and how many trials finished."""
-    df = paths_or_df if isinstance(paths_or_df, pd.DataFrame) else report.load(paths_or_df)
+    df = paths_or_df if isinstance(paths_or_df, pd.DataFrame) else tables.load(paths_or_df)
     page = render(df, live=live, refresh_s=refresh_s, title=title)
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,7 @@ def write_html(paths_or_df, out_file, *, live: bool = False, refresh_s: float = 
 
 
 def html_table(shown: pd.DataFrame, kind: str) -> str:
-    """A table of `dyntrain.report` in its shown form (a `show_*` formatter's: mean ± std, CIs, times
+    """A table of `dyntrain.tables` in its shown form (a `show_*` formatter's: mean ± std, CIs, times
     as 32m28s) as an HTML <table> of class `kind`: what report.html shows, for any page that wants one."""
     return _table(shown, cls=f"report-table {kind}")
 
@@ -100,9 +102,7 @@ def render(df: pd.DataFrame, *, live: bool = False, refresh_s: float = 10, title
         head.append(f'<meta http-equiv="refresh" content="{max(1, int(round(refresh_s)))}">')
     head += [f"<title>{escape(title)}</title>", f"<style>{_asset('report.css')}</style>"]
     if figs:
-        from plotly.offline import get_plotlyjs  # what include_plotlyjs=True inlines: once for all figures
-
-        head.append(f'<script type="text/javascript">{get_plotlyjs()}</script>')
+        head.append(f'<script type="text/javascript">{get_plotlyjs()}</script>')  # what include_plotlyjs=True inlines
     nav = " · ".join(f'<a href="#{k}">{v}</a>' for k, v in (
         ("trials", "trials"), ("parcoords", "parameters"), ("curves", "curves"), ("grid", "grid"),
         ("policies", "policies"), ("environment", "environment")))
@@ -140,9 +140,9 @@ def _figure_html(fig, figs: list[str], div_id: str) -> str:
 # ---------------------------------------------------------------- the trial table
 
 def trial_table(df: pd.DataFrame, live: bool = False) -> pd.DataFrame:
-    """`dyntrain.report.runs` of every run (finished or not) with two columns of the page: `name` (a
+    """`dyntrain.tables.runs` of every run (finished or not) with two columns of the page: `name` (a
     short trial name) and `shown_status` (finished, stopped early, running (live) or in progress, pending, error)."""
-    r = report.runs(df)
+    r = tables.runs(df)
     r["name"] = _short_names(r.index, r.source)
     shown = STATUS if live else {**STATUS, "in_progress": "in progress"}  # a stale folder is not running
     r["shown_status"] = [("stopped early" if early and status == "finished" else shown.get(status, status))
@@ -175,7 +175,7 @@ def _short_names(runs: Iterable[str], sources: Iterable[str]) -> list[str]:
 
 # Columns of the trial table: key -> (heading, cell text, sort key). A cell's sort key is its raw number.
 def _acc(x) -> str:
-    return "—" if _nan(x) else f"{100 * x:.2f}"
+    return "—" if tables.missing(x) else f"{100 * x:.2f}"
 
 
 METRIC_COLUMNS = {
@@ -183,9 +183,9 @@ METRIC_COLUMNS = {
     "best_val_acc": ("best val acc (%)", _acc, None),
     "test_acc_at_best_val": ("test acc at best val (%)", _acc, None),
     "last_val_acc": ("last val acc (%)", _acc, None),
-    "time_s": ("time", report.fmt_time, None),
-    "images_seen": ("images seen", lambda x: "—" if _nan(x) else f"{x:,.0f}", None),
-    "gpu_s": ("GPU-s", lambda x: "—" if _nan(x) else f"{x:,.1f}", None),
+    "time_s": ("time", tables.fmt_time, None),
+    "images_seen": ("images seen", lambda x: "—" if tables.missing(x) else f"{x:,.0f}", None),
+    "gpu_s": ("GPU-s", lambda x: "—" if tables.missing(x) else f"{x:,.1f}", None),
 }
 
 
@@ -215,10 +215,10 @@ def _trials_html(runs: pd.DataFrame) -> str:
                 continue
             if k == "where":
                 gpu_ids = r.get("gpu_ids")
-                gpus = "" if _nan(gpu_ids) or str(gpu_ids) == "" else f" GPU {_str(gpu_ids)}"  # "" on the CPU
+                gpus = "" if tables.missing(gpu_ids) or str(gpu_ids) == "" else f" GPU {_str(gpu_ids)}"  # "" on the CPU
                 text = key = _str(r.get("node_ip")) + gpus
             elif k == "epochs_done":
-                text, key = f"{'—' if _nan(r[k]) else int(r[k])}/{r['epochs']}", r[k]
+                text, key = f"{'—' if tables.missing(r[k]) else int(r[k])}/{r['epochs']}", r[k]
             elif k in METRIC_COLUMNS:
                 text, key = METRIC_COLUMNS[k][1](r[k]), r[k]
             elif k in GREEK and not _reads(r["policy"], k):
@@ -234,7 +234,7 @@ def _trials_html(runs: pd.DataFrame) -> str:
                     extra += ' title="stopped by the scheduler (ASHA) before its epochs"'
                 elif r["stopped"]:
                     extra += f' title="stopped: {escape(str(r["stopped"]))}"'
-            sort = "" if _nan(key) else f' data-sort="{escape(str(key))}"'
+            sort = "" if tables.missing(key) else f' data-sort="{escape(str(key))}"'
             cells.append(f'<td data-col="{k}"{sort}{extra}>{escape(text)}</td>')
         rows.append(f'<tr data-run="{escape(run)}">{"".join(cells)}</tr>')
     counts = runs.shown_status.value_counts()
@@ -264,69 +264,46 @@ def _curves_html(df: pd.DataFrame, runs: pd.DataFrame, figs: list[str]) -> str:
 
 def _grids_html(df: pd.DataFrame, figs: list[str]) -> str:
     try:
-        labels = report.grids(df)
+        labels = tables.grids(df)
     except Exception:  # noqa: BLE001 - a section never keeps the others from the page
         labels = []
     if not labels:
         return _note("no α × β grid among the finished runs (dynamic or variant runs over several α or β)")
     out = []
     for i, label in enumerate(labels):
-        t = report.grid_table(df, "best_val_acc", label)
+        t = tables.grid_table(df, "best_val_acc", label)
         fig = plots.heatmap_figure(t, label)
         out.append(_figure_html(fig, figs, f"fig-heatmap-{i}"))
-        tables = [html_table(report.show_grid(report.grid_table(df, value, label)), kind) for value, kind in
-                  (("best_val_acc", "grid"), ("test_acc_at_best_val", "grid"), ("time_s", "time"))]
-        out.append(f"<details><summary>{escape(label)}: mean ± std over seeds</summary>{''.join(tables)}</details>")
+        shown = [html_table(tables.show_grid(tables.grid_table(df, value, label)), kind) for value, kind in
+                 (("best_val_acc", "grid"), ("test_acc_at_best_val", "grid"), ("time_s", "time"))]
+        out.append(f"<details><summary>{escape(label)}: mean ± std over seeds</summary>{''.join(shown)}</details>")
     return "".join(out)
 
 
 def _tables_html(df: pd.DataFrame) -> str:
-    if report.finished(df).empty:
+    if tables.finished(df).empty:
         return _note("no finished runs yet: the policy table and time to accuracy compare finished runs only")
     out = []
     try:
         out.append("<h3>Accuracy, time and images per policy (test accuracy at the best validation epoch; "
                    "mean ± std over seeds, 95% CI half-width by Student t)</h3>")
-        out.append(html_table(report.show_policies(report.policy_table(df)), "policies"))
-    except report.ReportError as err:
+        out.append(html_table(tables.show_policies(tables.policy_table(df)), "policies"))
+    except tables.ReportError as err:
         out.append(_note(str(err)))
     try:
-        tta = report.time_to_accuracy(df)
-    except report.ReportError:
+        tta = tables.time_to_accuracy(df)
+    except tables.ReportError:
         tta = pd.DataFrame()
     out.append("<h3>Time to accuracy (to 95% and 99% of the full-data run's best validation accuracy)</h3>")
-    out.append(html_table(report.show_time_to_accuracy(tta), "time_to_accuracy") if not tta.empty else _note("no full-data reference run"))
+    out.append(html_table(tables.show_time_to_accuracy(tta), "time_to_accuracy") if not tta.empty else _note("no full-data reference run"))
     return "".join(out)
 
 
 # ---------------------------------------------------------------- environment
 
-def environments(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """The recorded environment of each source of the frame: environment.json of a Tune experiment,
-    summary.json's "environment" of a train folder; sources with the same one are listed together."""
-    found: dict[str, dict[str, Any]] = {}
-    for source in df.source.unique():
-        folder = Path(source)
-        env = None
-        try:
-            if (folder / "environment.json").is_file():
-                env = json.loads((folder / "environment.json").read_text())
-            elif (folder / "summary.json").is_file():
-                env = json.loads((folder / "summary.json").read_text()).get("environment")
-        except (OSError, ValueError):
-            env = None
-        if env:
-            found.setdefault(json.dumps(env, sort_keys=True, default=str), {"sources": [], **env})["sources"].append(source)
-    return list(found.values())
-
-
 def _environment_html(df: pd.DataFrame) -> str:
-    import plotly
-
-    import dyntrain
-
     out = []
-    for env in environments(df):
+    for env in environments(df.source.unique()):
         sources = env.pop("sources")
         rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(_env_value(v))}</td></tr>" for k, v in env.items())
         names = ", ".join(_experiment_name(s) for s in sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
@@ -376,12 +353,8 @@ def _experiment_name(source) -> str:
     return str(source).rstrip("/").rsplit("/", 1)[-1]
 
 
-def _nan(x) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x)) or (not isinstance(x, str) and bool(pd.isna(x)))
-
-
 def _str(v) -> str:
-    if _nan(v):
+    if tables.missing(v):
         return "—"
     if isinstance(v, float) and v.is_integer():
         return str(int(v)) if abs(v) >= 1000 else f"{v:g}"
