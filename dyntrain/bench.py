@@ -13,6 +13,7 @@ Not a timed test: run it by hand on the machine you care about.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
@@ -94,6 +95,54 @@ def bench_engine(data: Dataset, cfg: TrainConfig, device: torch.device) -> dict[
     return _throughput(label, images[-1], times, extra=extra)
 
 
+@contextlib.contextmanager
+def fp32_math():
+    """True fp32 for the reference: no TF32 in cuDNN convolutions or cuBLAS matrix products."""
+    try:
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    except RuntimeError:  # newer torch refuses the legacy flags once its fp32_precision API was used
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def step_losses(trainer: Trainer, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The initial parameters and the loss of each of `steps` optimiser steps through the engine's
+    own epoch code, one batch per call, on batches fixed by a CPU seed (the same for every trainer)."""
+    bs = trainer.cfg.batch_size
+    steps = min(steps, trainer.n_train // bs)
+    order = torch.randperm(trainer.n_train, generator=torch.Generator().manual_seed(1234))[: steps * bs]
+    init = torch.cat([p.detach().float().reshape(-1) for p in trainer.model.parameters()]).cpu()
+    totals = [trainer._train_epoch(order[k * bs:(k + 1) * bs].to(trainer.device)) for k in range(steps)]
+    return init, torch.stack(totals)[:, 0].float().cpu() / bs
+
+
+def check_modes(data: Dataset, cfg: TrainConfig, modes: list[str], steps: int, tol: float, device: torch.device) -> dict:
+    """Every compile mode against an fp32 eager reference (autocast off, TF32 off) from the same
+    initialisation on the same batches: ok when every loss is finite and within `tol` (relative) of
+    the reference over the first 10 steps and within 2 tol over all (bf16 trajectories drift apart)."""
+    with fp32_math():
+        ref = Trainer(cfg.replace(compile="none"), data, device=device)
+        ref.autocast = torch.autocast(device.type, enabled=False)
+        ref_init, ref_loss = step_losses(ref, steps)
+    out: dict[str, Any] = {"steps": len(ref_loss), "tolerance": tol, "reference_losses": ref_loss.tolist(), "modes": {}}
+    for mode in modes:
+        try:
+            init, loss = step_losses(Trainer(cfg.replace(compile=mode), data, device=device), steps)
+        except Exception as err:  # reported, and the other modes still run
+            out["modes"][mode] = {"ok": False, "error": repr(err)}
+            continue
+        rel = (loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-8)
+        ok = bool(torch.isfinite(loss).all()) and torch.equal(init, ref_init) and rel[:10].max() <= tol and rel.max() <= 2 * tol
+        out["modes"][mode] = {"ok": ok, "same_init": torch.equal(init, ref_init), "rel_diff_max": rel.max().item(),
+                              "rel_diff_max_first10": rel[:10].max().item(), "losses": loss.tolist()}
+    return out
+
+
 def profile_epoch(data: Dataset, cfg: TrainConfig, device: torch.device, path: Path) -> dict[str, Any]:
     """torch.profiler over the second epoch (after warm-up/capture): where an epoch's time goes."""
     trainer = Trainer(cfg.replace(epochs=2), data, device=device)
@@ -136,8 +185,9 @@ def checkpoint_cost(trainer: Trainer, repeats: int = 3) -> dict[str, Any]:
 
 
 def run(base: TrainConfig, modes: list[str], policies: list[str], plain_epochs: int = 2, workers: int = 4,
-        out: Path | None = None, profile: Path | None = None) -> int:
-    """Time the plain pipeline, then the engine for every compile mode x policy on `base`'s data;
+        out: Path | None = None, profile: Path | None = None, check_steps: int = 0, check_tol: float = 0.05) -> int:
+    """With `check_steps`, first check every compile mode against the fp32 reference (`check_modes`);
+    time the plain pipeline, then the engine for every compile mode x policy on `base`'s data;
     print a line each and write JSON to `out` after every pipeline. Returns 1 if a mode failed."""
     for mode in modes:  # a typo fails now, not after the plain pipeline's minutes
         base.replace(compile=mode).validate()
@@ -156,6 +206,13 @@ def run(base: TrainConfig, modes: list[str], policies: list[str], plain_epochs: 
     env = results["environment"]
     print(f"dyntrain bench on {env['device_name']} ({env['device']}), torch {env['torch']}; {n_train} training images, "
           f"batch {base.batch_size}")
+    if check_steps:
+        results["check"] = check_modes(data, base, modes, check_steps, check_tol, device)
+        save()
+        for mode, c in results["check"]["modes"].items():
+            detail = c.get("error") or f"largest relative loss difference {c['rel_diff_max']:.2e}"
+            print(f"check: compile {mode} against fp32 eager over {results['check']['steps']} steps: "
+                  f"{'ok' if c['ok'] else 'FAILED'} ({detail})")
     plain = bench_plain(data, base, plain_epochs, workers, device)
     results["pipelines"].append(plain)
     save()
@@ -183,4 +240,5 @@ def run(base: TrainConfig, modes: list[str], policies: list[str], plain_epochs: 
     save()
     if out:
         print(f"wrote {out}")
-    return 1 if any("error" in r for r in results["pipelines"]) else 0
+    failed_check = not all(c["ok"] for c in results.get("check", {}).get("modes", {}).values())
+    return 1 if failed_check or any("error" in r for r in results["pipelines"]) else 0

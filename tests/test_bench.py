@@ -38,3 +38,22 @@ def test_a_failing_mode_is_recorded_and_the_rest_kept(tiny_folder, tmp_path, cap
     assert "FAILED" in capsys.readouterr().err
     assert cli.main([*args, "--compile", "turbo"]) == 2  # a typo fails before any work
     assert "compile='turbo' is invalid" in capsys.readouterr().err
+
+
+def test_check_compares_every_mode_with_the_fp32_reference(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--dataset", f"folder:{tiny_folder}", "--data-dir", str(tmp_path / "d"), "--train-limit", "128",
+                     "--test-limit", "32", "--epochs", "1", "--plain-epochs", "1", "--workers", "0", "--batch-size", "32",
+                     "--device", "cpu", "--policies", "full", "--compile", "none,cudagraphs", "--check-steps", "50",
+                     "--out", str(out)])
+    assert code == 1  # cudagraphs cannot run on the CPU
+    check = json.loads(out.read_text())["check"]
+    assert check["steps"] == 4 == len(check["reference_losses"])  # 128 images / batch 32: capped at one pass
+    none = check["modes"]["none"]
+    # On the CPU the engine computes in fp32 eagerly: the same losses as the reference, to the bit.
+    assert none["ok"] and none["same_init"] and none["rel_diff_max"] == 0.0
+    assert none["losses"] == check["reference_losses"]
+    assert not check["modes"]["cudagraphs"]["ok"] and "needs a CUDA device" in check["modes"]["cudagraphs"]["error"]
+    printed = capsys.readouterr().out
+    assert "check: compile none against fp32 eager over 4 steps: ok" in printed
+    assert "check: compile cudagraphs against fp32 eager over 4 steps: FAILED" in printed

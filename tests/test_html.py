@@ -30,6 +30,7 @@ import yaml  # noqa: E402
 
 from dyntrain import page as dpage
 from dyntrain import runs, tables  # noqa: E402
+from dyntrain.cli import write_report  # noqa: E402
 from dyntrain.config import TrainConfig  # noqa: E402
 
 N_TRAIN = 400
@@ -402,7 +403,6 @@ def test_report_page_in_a_real_browser(watched_search, chromium, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
-    from dyntrain.cli import write_report
 
     exp, _, _ = watched_search
     page_file = exp / "report.html"  # LiveReport's final page; write_html of the finished experiment must agree

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv with dyntrain and its test tools. Idempotent: a second run only checks.
+# Set up .venv with dyntrain and its test and documentation tools. Idempotent: a second run only checks.
 # Python 3.11 or 3.12: python3.12, else python3.11, else python3 if it is one of them; PYTHON=... overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +18,4 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,docs]'
