@@ -126,7 +126,8 @@ def tune(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="dyntrain tune", allow_abbrev=False, description=(
         "Ray Tune search over dyntrain's parameters. Training options given here fix that value for every trial."))
     p.add_argument("--space", default="paper-grid", help=f"{' | '.join(spaces.SPACES)} | FILE.yaml [paper-grid]")
-    p.add_argument("--seeds", type=int, default=1, help="repeat every point with N seeds (seed, seed+1, ...) [1]")
+    p.add_argument("--seeds", type=int, help="repeat every point with N seeds (seed, seed+1, ...) "
+                   f"[{', '.join(f'{n} for {s}' for s, n in spaces.DEFAULT_SEEDS.items())}, else 1]")
     p.add_argument("--search", choices=("grid", "optuna"), default="grid", help="[grid]")
     p.add_argument("--num-samples", type=int, help="grid: repeats of the grid (fresh draws of sampled values) [1]; optuna: trials [20]")
     p.add_argument("--metric", default="best_val_acc", help="metric to optimise, e.g. val_acc, best_val_acc_per_gpu_h [best_val_acc]")
@@ -212,7 +213,7 @@ def write_report(paths, out, formats=("md", "csv", "tex"), with_figures: bool = 
                  metric: str = "test_acc_at_best_val") -> dict:
     """Load `paths`, write every table in `formats` (with md, also report.md holding all; with html,
     the interactive report.html) and the figures under `out`; return the tables by name."""
-    from dyntrain import figures, page  # heavy (matplotlib, plotly)
+    from dyntrain import claims, figures, page  # heavy (matplotlib, plotly)
     from dyntrain import tables as tb  # heavy (pandas)
 
     bad = sorted(set(formats) - set(FORMATS))
@@ -229,6 +230,16 @@ def write_report(paths, out, formats=("md", "csv", "tex"), with_figures: bool = 
         else:
             md += [f"## {name}", "", tb.to_markdown(shown), ""]
         tb.write_table(table, shown, out / name, [f for f in formats if f in ("md", "csv", "tex")])
+    if not tb.finished(df).empty:
+        paper = claims.paper_table(df, metric)
+        if not paper.empty:
+            found["paper"] = (paper, claims.show_paper(paper))
+            tb.write_table(paper, found["paper"][1], out / "paper", [f for f in formats if f in ("md", "csv", "tex")])
+            md += ["## paper", "", tb.to_markdown(found["paper"][1]), ""]
+        said = [f"- {line}" for line in claims.headline(found["policies"][0])]
+        md[:0] = ["## headline", "", *said, ""]
+        if "md" in formats:
+            (out / "headline.md").write_text("\n".join(said) + "\n")
     if with_figures and not tb.finished(df).empty:
         md += [f"![{p.stem}]({p.name})" for p in figures.write(df, out, elitism) if p.suffix == ".png"]
     if "md" in formats:
@@ -252,11 +263,16 @@ def bench(argv: Sequence[str]) -> int:
     p.add_argument("--policies", default="full,dynamic", help="engine policies to time (dynamic uses alpha = n/2) [full,dynamic]")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--profile", type=Path, help="also profile one epoch of the last engine run; write the op table here")
+    p.add_argument("--check-steps", type=int, default=0, help="first check every --compile mode against an fp32 eager "
+                   "reference over this many optimiser steps; 0: no check [0]")
+    p.add_argument("--check-tol", type=float, default=0.05, help="relative loss tolerance of the check over its first "
+                   "10 steps (twice it over all) [0.05]")
     args = p.parse_args(argv)
     # --epochs and --compile are the bench's own (epochs per pipeline, a list of modes), not the fields.
     base = TrainConfig(**{k: getattr(args, k) for k in shared}, epochs=args.epochs, policy="full", progress=False)
     return bn.run(base, modes=args.compile.split(","), policies=args.policies.split(","), plain_epochs=args.plain_epochs,
-                  workers=args.workers, out=args.out, profile=args.profile)
+                  workers=args.workers, out=args.out, profile=args.profile, check_steps=args.check_steps,
+                  check_tol=args.check_tol)
 
 
 # --- dispatch -------------------------------------------------------------------------------------

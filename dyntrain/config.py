@@ -136,6 +136,26 @@ RUNTIME = frozenset(f.name for f in fields(TrainConfig) if f.metadata["runtime"]
 RESUMABLE_CHANGES = RUNTIME | {"epochs"}
 
 
+# A search-space key whose values are whole points: a grid over `arm: [{policy: full}, {policy: static}]`
+# sets several fields at once per trial (the arms of a comparison). And a value of image_budget in a
+# space: alpha x epochs, the images every subset arm with the same alpha and epochs trains on.
+ARM = "arm"
+EQUAL_IMAGES = "equal"
+
+
+def resolve_point(values: dict[str, Any]) -> dict[str, Any]:
+    """A search point (a trial's config) as TrainConfig values: its `arm` merged in (an arm's fields
+    win) and image_budget `equal` turned into alpha x epochs (defaults where the point omits them)."""
+    values = dict(values)
+    arm = values.pop(ARM, None) or {}
+    if not isinstance(arm, dict):
+        raise ConfigError(f"{ARM}={arm!r} is invalid: must be a mapping of option names to values")
+    values |= {str(k).replace("-", "_"): v for k, v in arm.items()}
+    if values.get("image_budget") == EQUAL_IMAGES:
+        values["image_budget"] = int(values.get("alpha", TrainConfig.alpha)) * int(values.get("epochs", TrainConfig.epochs))
+    return values
+
+
 def config_diff(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ, ignoring those a resume may change."""
     a, b = old.to_dict(), new.to_dict()

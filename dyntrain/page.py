@@ -34,8 +34,8 @@ import plotly
 from plotly.offline import get_plotlyjs
 
 import dyntrain
+from dyntrain import claims, tables
 from dyntrain import figures as plots
-from dyntrain import tables
 from dyntrain.config import TrainConfig
 from dyntrain.runs import atomic_write, environments
 from dyntrain.sampling import POLICIES
@@ -110,8 +110,19 @@ def render(df: pd.DataFrame, *, live: bool = False, refresh_s: float = 10, title
         "<!DOCTYPE html>", '<html lang="en">', "<head>", *head, "</head>",
         f'<body data-live="{str(live).lower()}">',
         f"<header><h1>{escape(title)}</h1>",
-        f'<p id="state" class="{"live" if live else "done"}">{escape(state)}</p><nav>{nav}</nav></header>',
+        f'<p id="state" class="{"live" if live else "done"}">{escape(state)}</p>{_headline_html(df)}<nav>{nav}</nav></header>',
         "<main>", *sections, "</main>", f"<script>{_asset('report.js')}</script>", "</body>", "</html>", ""])
+
+
+def _headline_html(df: pd.DataFrame) -> str:
+    """What the method saved and cost against both references (`claims.headline`), from finished runs."""
+    if tables.finished(df).empty:
+        return ""
+    try:
+        lines = claims.headline(tables.policy_table(df))
+    except tables.ReportError:
+        return ""
+    return '<ul id="headline">' + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>"
 
 
 def _section(key: str, heading: str, build, *args) -> str:
@@ -286,7 +297,9 @@ def _tables_html(df: pd.DataFrame) -> str:
     out = []
     try:
         out.append("<h3>Accuracy, time and images per policy (test accuracy at the best validation epoch; "
-                   "mean ± std over seeds, 95% CI half-width by Student t)</h3>")
+                   "mean ± std over seeds, 95% CI half-width by Student t; each arm against full data and "
+                   "against full data at equal images: the difference with its 95% CI and p-value by Welch's "
+                   "test, and a verdict at p &lt; 0.05)</h3>")
         out.append(html_table(tables.show_policies(tables.policy_table(df)), "policies"))
     except tables.ReportError as err:
         out.append(_note(str(err)))
@@ -296,6 +309,11 @@ def _tables_html(df: pd.DataFrame) -> str:
         tta = pd.DataFrame()
     out.append("<h3>Time to accuracy (to 95% and 99% of the full-data run's best validation accuracy)</h3>")
     out.append(html_table(tables.show_time_to_accuracy(tta), "time_to_accuracy") if not tta.empty else _note("no full-data reference run"))
+    paper = claims.paper_table(df)
+    if not paper.empty:
+        out.append("<h3>Beside the paper's reported numbers (same policy, α, β, augmentation and epochs; the "
+                   "paper's times are on a GTX 1070)</h3>")
+        out.append(html_table(claims.show_paper(paper), "paper"))
     return "".join(out)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from dyntrain.config import FIELDS, ConfigError, TrainConfig
+from dyntrain.config import FIELDS, ConfigError, TrainConfig, resolve_point
 
 # Per epoch, what the engine measures (`Trainer.run_epoch`): metrics.csv's columns and Tune's results.
 METRICS = (
@@ -308,12 +308,12 @@ def trial_frame(records: pd.DataFrame, run: str, source: str, config: dict, stat
 
 
 def trial_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The TrainConfig values a trial trains with: its config without the repeat number a Repeater
-    (repeated points of a search) adds, that number added to the seed instead -- for
-    `dyntrain.tune.trainable` and for reading the trial back alike."""
+    """The TrainConfig values a trial trains with: its config with its arm resolved (`resolve_point`),
+    without the repeat number a Repeater (repeated points of a search) adds, that number added to the
+    seed instead -- for `dyntrain.tune.trainable` and for reading the trial back alike."""
     from ray.tune.search.repeater import TRIAL_INDEX  # heavy, and only for Tune trials
 
-    values = dict(config)
+    values = resolve_point(config)
     values["seed"] = int(values.get("seed", TrainConfig.seed)) + int(values.pop(TRIAL_INDEX, 0))
     return values
 

@@ -5,6 +5,10 @@ values; a categorical choice under a searcher), a one-key mapping that is sample
 {loguniform: [lo, hi]}, {randint: [lo, hi]} (both ends included) or {choice: [v, ...]}, the YAML form
 -- or any Ray Tune domain (`tune.grid_search`, `tune.loguniform`, ...), the Python form. Every grid
 point, with each sampled value at its bounds (or each choice), is validated as a TrainConfig.
+
+`arm` is a grid over whole points: a list of mappings, each setting several fields at once (a grid
+search only). In an arm or at the top, `image_budget: equal` is alpha x epochs: full data for as many
+images as a subset arm with the same alpha and epochs trains on (`dyntrain.config.resolve_point`).
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dyntrain.config import FIELDS, ConfigError, TrainConfig, load_yaml
+from dyntrain.config import ARM, EQUAL_IMAGES, FIELDS, ConfigError, TrainConfig, load_yaml, resolve_point
 from dyntrain.sampling import POLICIES
 
 # Table 2: alpha x beta at delta 0.01, gamma 0.97 (the defaults) -- the paper's 21 runs. Alpha is
 # absolute, as in the paper: under the default held-out protocol the pool is 45,000 images, so 25,000
 # is 56 % of it (50 % of the paper's 50,000 with --protocol paper). `search` prints the shares.
 PAPER_GRID = {"policy": "dynamic", "alpha": [15_000, 20_000, 25_000], "beta": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
-# Table 4/5 and the equal-budget baselines: every policy at the same alpha, with and without augmentation.
-BASELINES = {"policy": list(POLICIES), "augment": [False, True]}
+# Table 4/5 and the equal-budget baselines: every policy at the same alpha, with and without
+# augmentation, and full data stopped at the images a subset arm trains on (alpha x epochs).
+BASELINES = {ARM: [{"policy": p} for p in POLICIES] + [{"policy": "full", "image_budget": EQUAL_IMAGES}],
+             "augment": [False, True]}
 SPACES = {"paper-grid": PAPER_GRID, "baselines": BASELINES}
+# Seeds per point unless told otherwise: a comparison of arms needs replicates (its CIs and tests).
+DEFAULT_SEEDS = {"baselines": 3}
 SAMPLERS = ("uniform", "loguniform", "randint", "choice")
 
 
@@ -52,14 +60,16 @@ def load_space(name_or_file: str) -> dict[str, Any]:
 
 def parse_space(raw: dict[str, Any]) -> dict[str, Any]:
     """Raw values -> fixed values, lists (grids) and `Sampled`; unknown keys and malformed samplers fail."""
-    unknown = sorted(set(raw) - set(FIELDS))
+    unknown = sorted(set(raw) - set(FIELDS) - {ARM})
     if unknown:
         raise ConfigError(f"search space: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(FIELDS))}")
     space = {}
     for key, value in raw.items():
         if isinstance(value, dict) and set(value) == {"grid_search"}:
             value = list(value["grid_search"])  # tune.grid_search([...])
-        if isinstance(value, list):
+        if key == ARM:
+            value = _arms(value, raw)
+        elif isinstance(value, list):
             if not value:
                 raise ConfigError(f"search space: {key} is an empty list (a grid needs at least one value)")
         elif isinstance(value, dict):
@@ -68,6 +78,25 @@ def parse_space(raw: dict[str, Any]) -> dict[str, Any]:
             value = _from_domain(key, value)
         space[key] = value
     return space
+
+
+def _arms(value: Any, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The arms of a space: a non-empty list of mappings of known fields to fixed values, none of them
+    also set at the top of the space (which one would win is not obvious)."""
+    if not isinstance(value, list) or not value or not all(isinstance(a, dict) and a for a in value):
+        raise ConfigError(f"search space: {ARM} must be a non-empty list of mappings of options to values, got {value!r}")
+    arms = [{str(k).replace("-", "_"): v for k, v in a.items()} for a in value]
+    for a in arms:
+        unknown = sorted(set(a) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"search space: {ARM} {a}: unknown option(s) {', '.join(unknown)}")
+        both = sorted(set(a) & set(raw))
+        if both:
+            raise ConfigError(f"search space: {', '.join(both)} set both in {ARM} {a} and for every trial; set it in one place")
+        nested = [k for k, v in a.items() if isinstance(v, (list, dict))]
+        if nested:
+            raise ConfigError(f"search space: {ARM} {a}: {', '.join(nested)} must be a single value in an arm")
+    return arms
 
 
 def _sampler(key: str, spec: dict) -> Sampled:
@@ -118,22 +147,24 @@ def _from_domain(key: str, domain: Any) -> Sampled:
 
 
 def points(space: dict[str, Any]):
-    """Every grid point with every sampled value at each of its bounds (or each of its choices)."""
+    """Every grid point with every sampled value at each of its bounds (or each of its choices), its
+    arm resolved into TrainConfig values."""
     for combo in itertools.product(*map(options, space.values())):
-        yield dict(zip(space, combo))
+        yield resolve_point(dict(zip(space, combo)))
 
 
 def validate_space(space: dict[str, Any], n_train: Any = None) -> None:
     """TrainConfig.validate on every point of `points(space)`; `n_train(cfg)` gives the size of the
     training split the point would train on, to check alpha against the data."""
-    varying = [k for k, v in space.items() if isinstance(v, (list, Sampled))]
+    varying = [k for k, v in space.items() if isinstance(v, (list, Sampled)) and k != ARM]
+    varying += sorted({k for a in space.get(ARM, []) for k in a})
     for point in points(space):
         try:
             cfg = TrainConfig.from_dict(point).validate()
             if n_train is not None:
                 cfg.validate(n_train(cfg))
         except ConfigError as err:
-            at = ", ".join(f"{k}={point[k]!r}" for k in varying)
+            at = ", ".join(f"{k}={point[k]!r}" for k in varying if k in point)
             raise ConfigError(f"search space: {err}" + (f" (at {at})" if at else "")) from None
 
 

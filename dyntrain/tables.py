@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
 from dyntrain.config import FIELDS, RUNTIME
 from dyntrain.runs import ReportError, read
@@ -32,11 +33,9 @@ METHOD = ("policy", *PARAMS)
 # 200-epoch full run with an 80-epoch variant run).
 CONTEXT = [k for k in SETTING if k not in METHOD + ("epochs", "time_budget_s", "image_budget")]
 GREEK = {"alpha": "α", "beta": "β", "delta": "δ", "gamma": "γ"}
-# Two-sided 95% Student t quantiles t(0.975, df) for df = 1..30; beyond, a Cornish-Fisher expansion.
-# Written out so that the report needs no scipy for one quantile function.
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042]
+# A difference is "detectable" when Welch's two-sided test rejects equal means at this level.
+ALPHA_TEST = 0.05
+EQUAL = "equal images"  # the label of full data stopped at the images of a subset arm (alpha x epochs)
 
 
 def load(paths) -> pd.DataFrame:
@@ -69,13 +68,20 @@ def labels(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
             own = [k for k in own if k not in ("alpha", "beta")]
         parts = [row.policy] + [f"{GREEK[k]}={row[k]:g}" for k in own]
         for k in varying:
-            if k not in GREEK and not (k != "augment" and pd.isna(row[k])):
+            if k == "image_budget" and equal_images(row):
+                parts += [f"({EQUAL})"]
+            elif k not in GREEK and not (k != "augment" and pd.isna(row[k])):
                 parts += (["+aug"] if row[k] else []) if k == "augment" else [f"{k}={row[k]}"]
         return " ".join(parts)
 
     setting = per_run.apply(lambda r: name(r, True), axis=1)
     grid = per_run.apply(lambda r: name(r, False) if "beta" in POLICIES[r.policy].params else None, axis=1)
     return df.run.map(dict(zip(per_run.run, setting))), df.run.map(dict(zip(per_run.run, grid)))
+
+
+def equal_images(row) -> bool:
+    """Full data stopped at alpha x epochs images: the budget of every subset arm with that alpha and epochs."""
+    return row.policy == "full" and not missing(row.image_budget) and row.image_budget == row.alpha * row.epochs
 
 
 # ---------------------------------------------------------------- cells
@@ -95,13 +101,13 @@ def fmt_time(s: float) -> str:
     return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
-def _pm(mean, std, fmt) -> str:
+def fmt_pm(mean, std, fmt) -> str:
     if missing(mean):
         return "—"
     return fmt(mean) + ("" if missing(std) else f" ± {fmt(std)}")
 
 
-def _num(x, spec=".1f", scale=1.0, suffix=""):
+def fmt_num(x, spec=".1f", scale=1.0, suffix=""):
     return "—" if missing(x) else f"{x * scale:{spec}}{suffix}"
 
 
@@ -140,8 +146,8 @@ def unfinished(df: pd.DataFrame) -> pd.DataFrame:
 
 def show_unfinished(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"status": table.status, "setting": table.setting, "seed": table.seed,
-                         "epochs": [f"{_num(d, '.0f')}/{e}" for d, e in zip(table.epochs_done, table.epochs)],
-                         "last val acc (%)": [_num(x, ".1f", 100) for x in table.last_val_acc],
+                         "epochs": [f"{fmt_num(d, '.0f')}/{e}" for d, e in zip(table.epochs_done, table.epochs)],
+                         "last val acc (%)": [fmt_num(x, ".1f", 100) for x in table.last_val_acc],
                          "time": table.time_s.map(fmt_time)}, index=table.index)
 
 
@@ -172,7 +178,7 @@ def grid_table(df: pd.DataFrame, value: str = "best_val_acc", grid: str | None =
 def show_grid(table: pd.DataFrame) -> pd.DataFrame:
     """mean ± std (over seeds) in each α x β cell; times as the paper writes them."""
     cell = fmt_time if table.attrs.get("value") == "time_s" else (lambda v: f"{v:.1f}")
-    t = pd.DataFrame({f"{b:g}": [_pm(m, s, cell) for m, s in zip(table["mean"][b], table["std"][b])]
+    t = pd.DataFrame({f"{b:g}": [fmt_pm(m, s, cell) for m, s in zip(table["mean"][b], table["std"][b])]
                       for b in table["mean"].columns}, index=[f"{a:g}" for a in table.index])
     return t.rename_axis("α \\ β")
 
@@ -182,19 +188,14 @@ def time_table(df: pd.DataFrame, grid: str | None = None) -> pd.DataFrame:
     return grid_table(df, "time_s", grid)
 
 
-def t975(df: int) -> float:
-    """Two-sided 95% Student t quantile with `df` degrees of freedom."""
-    if df <= len(T975):
-        return T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
 def policy_table(df: pd.DataFrame, metric: str = "test_acc_at_best_val") -> pd.DataFrame:
     """Tables 4/5 form: one row per arm (policy, parameters, ± augmentation) over finished runs.
-    acc is `metric` in % (mean, std over seeds and the 95% CI half-width, Student t); time_saved is
-    1 - time/time_full and acc_lost is acc_full - acc (points), against the full-data arm with the
-    same data, augmentation and optimiser and no budget (the one with most epochs)."""
+    acc is `metric` in % (mean, std over seeds and the 95% CI half-width, Student t). Each arm is
+    compared with two references of the same data, augmentation and optimiser: `full`, full data with
+    no budget (the one with most epochs), and `equal`, full data stopped at the arm's alpha x epochs
+    images (`equal_images`). Against each: time_saved (1 - time/time_ref), and the accuracy difference
+    (arm - reference, points) with its 95% CI and p-value by Welch's test, and a verdict (`compare`).
+    acc_lost is acc_full - acc."""
     r = runs(finished(df))
     if r.empty:
         raise ReportError("no finished runs")
@@ -204,30 +205,60 @@ def policy_table(df: pd.DataFrame, metric: str = "test_acc_at_best_val") -> pd.D
     t["n"], t["seeds"] = g.size(), g["seed"].nunique()  # fewer seeds than runs: repeats, not independent
     t["share"] = g["share"].mean()
     t["acc"], t["acc_std"] = g["acc"].mean(), g["acc"].std()
-    t["acc_ci95"] = [t975(n - 1) * s / math.sqrt(n) if n > 1 else math.nan for n, s in zip(t.n, t.acc_std)]
+    t["acc_ci95"] = [stats.t.ppf(0.975, n - 1) * s / math.sqrt(n) if n > 1 else math.nan for n, s in zip(t.n, t.acc_std)]
     t["val_acc"] = g["val_acc"].mean()
     t["time_s"], t["images_seen"] = g["time_s"].mean(), g["images_seen"].mean()
     t["early_stopped"] = g["early_stopped"].sum()
-    ref = _references(r)
-    full = t.context.map(ref)
-    t["time_saved"] = 1 - t.time_s / full.map(t.time_s)
+    full = t.context.map(_references(r))
+    equal = _equal_references(r)
+    equal = pd.Series([equal.get((c, a, e)) if p != "full" else None for c, a, e, p in zip(t.context, t.alpha, t.epochs, t.policy)],
+                      index=t.index)
     t["acc_lost"] = full.map(t.acc) - t.acc
+    accs = g["acc"].apply(list)
+    for name, ref in (("full", full), ("equal", equal)):
+        t[f"ref_{name}"] = ref
+        t[f"time_saved_{name}"] = 1 - t.time_s / ref.map(t.time_s)
+        cmp = [compare(accs[s], accs[f]) if isinstance(f, str) and f != s else {} for s, f in zip(t.index, ref)]
+        for k in ("diff", "lo", "hi", "p", "verdict"):
+            t[f"{k}_{name}"] = [c.get(k, math.nan) for c in cmp]
+    t["time_saved"] = t.time_saved_full
     for k in PARAMS:
         t[k] = t[k].astype(object).where(t.policy.map(lambda p, k=k: k in POLICIES[p].params), None)
     return t.loc[arms(r)].drop(columns="context")
 
 
+def compare(a: list[float], b: list[float]) -> dict:
+    """mean(a) - mean(b), its 95% confidence interval and two-sided p-value by Welch's t-test, and a
+    verdict: "better"/"worse" when p < ALPHA_TEST, else "no detectable difference"; with fewer than two
+    runs on a side (or no spread at all) nothing is computed and the verdict says so."""
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    if min(len(a), len(b)) < 2:
+        return {"diff": diff, "lo": math.nan, "hi": math.nan, "p": math.nan, "verdict": "too few runs"}
+    test = stats.ttest_ind(a, b, equal_var=False)
+    if math.isnan(test.pvalue):  # both sides constant: no variance to test with
+        return {"diff": diff, "lo": math.nan, "hi": math.nan, "p": math.nan, "verdict": "no spread to test"}
+    ci = test.confidence_interval(0.95)
+    verdict = "no detectable difference" if test.pvalue >= ALPHA_TEST else "better" if diff > 0 else "worse"
+    return {"diff": diff, "lo": ci.low, "hi": ci.high, "p": test.pvalue, "verdict": verdict}
+
+
 def show_policies(table: pd.DataFrame) -> pd.DataFrame:
     seeds = [(str(n) if k == n else f"{n} runs, {k} seeds") + (f" ({e} early-stopped)" if e else "")
              for n, k, e in zip(table.n, table.seeds, table.early_stopped)]
-    return pd.DataFrame({"augment": table.augment.map({True: "yes", False: "no"}), "runs": seeds,
-                         "images/epoch": [_num(x, ".0f", 100, "%") for x in table.share],
-                         "accuracy (%)": [_pm(m, s, lambda v: f"{v:.2f}") for m, s in zip(table.acc, table.acc_std)],
-                         "95% CI (±)": [_num(h, ".2f") for h in table.acc_ci95],
-                         "time": table.time_s.map(fmt_time),
-                         "time saved": [_num(x, ".0f", 100, "%") for x in table.time_saved],
-                         "acc. lost (pts)": [_num(x, ".2f") for x in table.acc_lost],
-                         "images seen": [_num(x, ",.0f") for x in table.images_seen]}, index=table.index)
+    t = pd.DataFrame({"augment": table.augment.map({True: "yes", False: "no"}), "runs": seeds,
+                      "images/epoch": [fmt_num(x, ".0f", 100, "%") for x in table.share],
+                      "accuracy (%)": [fmt_pm(m, s, lambda v: f"{v:.2f}") for m, s in zip(table.acc, table.acc_std)],
+                      "95% CI (±)": [fmt_num(h, ".2f") for h in table.acc_ci95],
+                      "time": table.time_s.map(fmt_time)}, index=table.index)
+    for name, title in (("full", "vs full"), ("equal", f"vs full, {EQUAL}")):
+        t[f"time saved {title}"] = [fmt_num(x, ".0f", 100, "%") for x in table[f"time_saved_{name}"]]
+        t[f"Δ acc. {title} (pts, 95% CI)"] = [
+            "—" if missing(d) else f"{d:+.2f}" + ("" if missing(lo) else f" [{lo:+.2f}, {hi:+.2f}]")
+            for d, lo, hi in zip(table[f"diff_{name}"], table[f"lo_{name}"], table[f"hi_{name}"])]
+        t[f"p {title}"] = [fmt_num(p, ".3f") for p in table[f"p_{name}"]]
+        t[f"verdict {title}"] = ["—" if missing(v) else v for v in table[f"verdict_{name}"]]
+    t["images seen"] = [fmt_num(x, ",.0f") for x in table.images_seen]
+    return t
 
 
 def arms(r: pd.DataFrame) -> list[str]:
@@ -236,6 +267,12 @@ def arms(r: pd.DataFrame) -> list[str]:
     return sorted(first.index, key=lambda s: (bool(first.augment[s]), list(POLICIES).index(first.policy[s]),
                                               first.alpha[s] if first.policy[s] != "full" else 0,
                                               first.beta[s] if "beta" in POLICIES[first.policy[s]].params else 0, s))
+
+
+def _equal_references(r: pd.DataFrame) -> dict[tuple, str]:
+    """(context, alpha, epochs) -> setting of the full-data arm stopped at alpha x epochs images."""
+    eq = r[r.apply(equal_images, axis=1) & r.time_budget_s.isna()]
+    return {(c, a, e): s for c, a, e, s in zip(eq.context, eq.alpha, eq.epochs, eq.setting)}
 
 
 def _references(r: pd.DataFrame) -> dict[str, str]:
@@ -273,10 +310,10 @@ def time_to_accuracy(df: pd.DataFrame, fractions=(0.95, 0.99), metric: str = "va
 def show_time_to_accuracy(table: pd.DataFrame) -> pd.DataFrame:
     t = pd.DataFrame({"runs": table.n}, index=table.index)
     for p in [c[len("target_"):] for c in table.columns if c.startswith("target_")]:
-        t[f"{p}% target"] = [_num(x, ".1f") for x in table[f"target_{p}"]]
+        t[f"{p}% target"] = [fmt_num(x, ".1f") for x in table[f"target_{p}"]]
         t[f"{p}% reached"] = [f"{k}/{n}" for k, n in zip(table[f"reached_{p}"], table.n)]
         t[f"{p}% time"] = table[f"time_s_{p}"].map(fmt_time)
-        t[f"{p}% images"] = [_num(x, ",.0f") for x in table[f"images_{p}"]]
+        t[f"{p}% images"] = [fmt_num(x, ",.0f") for x in table[f"images_{p}"]]
     return t
 
 

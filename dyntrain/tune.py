@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 import dyntrain
-from dyntrain.config import ConfigError, TrainConfig
+from dyntrain.config import ARM, ConfigError, TrainConfig
 from dyntrain.data import load_dataset, make_split
 from dyntrain.engine import CheckpointSchedule, Trainer
 from dyntrain.runs import (
@@ -41,6 +41,7 @@ from dyntrain.runs import (
     write_json,
 )
 from dyntrain.spaces import (
+    DEFAULT_SEEDS,
     Sampled,
     load_space,
     options,
@@ -131,9 +132,10 @@ class Plan:
     datasets: dict[str, Any]  # dataset spec -> Dataset
     path: str  # the experiment: storage/name
     shares: dict[tuple[int, int], float]  # (alpha, n_train) -> alpha / n_train, for the start message
+    seeds: int  # seeds per point
 
 
-def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int = 1, overrides: dict | None = None,
+def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int | None = None, overrides: dict | None = None,
          gpus_per_trial: float | None = None, cpus_per_trial: float = 1, storage: str = "results/ray",
          name: str | None = None, resume: bool = False, address: str | None = None,
          dashboard: bool = False, tracker: str | None = None) -> Plan:
@@ -141,6 +143,8 @@ def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int = 1, o
     data; the experiment's path checked against `resume`. Raises ConfigError; starts nothing."""
     raw = load_space(space) if isinstance(space, str) else dict(space)
     parsed = parse_space({**raw, **(overrides or {})})
+    if seeds is None:
+        seeds = DEFAULT_SEEDS.get(space, 1) if isinstance(space, str) else 1
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds={seeds!r} is invalid: must be an integer >= 1")
     if seeds > 1:
@@ -149,6 +153,8 @@ def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int = 1, o
         if search == "grid":
             base = parsed.get("seed", 0)
             parsed["seed"] = list(range(base, base + seeds))
+    if ARM in parsed and search != "grid":
+        raise ConfigError(f"search space: {ARM} is a grid over whole points; it needs search grid")
     if search == "optuna" and not any(isinstance(v, (list, Sampled)) for v in parsed.values()):
         raise ConfigError("search optuna needs a space with at least one list or sampler to search over")
     if isinstance(search, str) and search not in ("grid", "optuna"):
@@ -189,10 +195,10 @@ def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int = 1, o
         raise ConfigError(f"resume: no experiment to restore at {path}")
     if not resume and Tuner.can_restore(path):
         raise ConfigError(f"an experiment already exists at {path}: resume it, or choose another name")
-    return Plan(parsed, datasets, path, shares)
+    return Plan(parsed, datasets, path, shares, seeds)
 
 
-def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", seeds: int = 1,
+def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", seeds: int | None = None,
            num_samples: int | None = None, metric: str = "best_val_acc", mode: str | None = None,
            scheduler: Any = None, grace_period: int = 10, max_concurrent: int = 4, search_seed: int = 0,
            gpus_per_trial: float | None = None, cpus_per_trial: float = 1, storage: str = "results/ray",
@@ -208,8 +214,9 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
       paper's best point, `max_concurrent` trials at once, its study kept in the experiment folder) or
       any `ray.tune.search.Searcher`. scheduler: None, "asha" (stops hopeless trials after
       `grace_period` epochs) or any `ray.tune.schedulers.TrialScheduler` (PBT, HyperBand, ...).
-    seeds: repeat every point with seeds seed, seed+1, ...  metric/mode: what the searcher, scheduler
-      and the kept best checkpoint optimise (mode defaults to min for losses and times).
+    seeds: repeat every point with seeds seed, seed+1, ... (default: 3 for "baselines", else 1).
+    metric/mode: what the searcher, scheduler and the kept best checkpoint optimise (mode defaults
+      to min for losses and times).
     gpus_per_trial: fractions allowed (CUDA memory is capped to the share); None: 1 when the cluster
       has GPUs, else 0. storage: a folder, a shared mount or a URI (s3://...); the experiment is
       storage/name. resume: continue that experiment, errored trials too. max_failures: restarts of
@@ -252,7 +259,7 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
         return tune.Tuner.restore(p.path, trainable=fn, resume_errored=True).fit()
 
     num_samples = num_samples or (20 if search == "optuna" else 1)
-    search_alg, num_samples = _searcher(search, p, metric, mode, seeds, num_samples, max_concurrent, search_seed)
+    search_alg, num_samples = _searcher(search, p, metric, mode, p.seeds, num_samples, max_concurrent, search_seed)
     if scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler  # late: see the note on Ray at the top
 

@@ -35,7 +35,7 @@ def test_every_sampling_policy_is_a_choice_everywhere(capsys, tmp_path):
         TrainConfig(policy=name).validate()
     with pytest.raises(ConfigError, match="policy='greedy' is invalid: must be one of " + ", ".join(names)):
         TrainConfig(policy="greedy").validate()
-    assert spaces.BASELINES["policy"] == names
+    assert [a["policy"] for a in spaces.BASELINES["arm"]] == [*names, "full"]  # and full at equal images
     assert set(tables.PARAMS) == {p for cls in sampling.POLICIES.values() for p in cls.params}
     for name in names:  # one finished train folder per policy: each is an arm of the policy table
         cfg = TrainConfig(policy=name, alpha=10, epochs=1).to_dict()

@@ -4,17 +4,21 @@ table number is recomputed here from the raw per-epoch records."""
 
 from __future__ import annotations
 
+import csv
+import html
 import json
 import math
 import shutil
 import statistics
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy import stats
 
-from dyntrain import cli, figures, runs, tables
+from dyntrain import claims, cli, figures, runs, tables
 from dyntrain.config import TrainConfig
 
 N_TRAIN = 400
@@ -172,7 +176,7 @@ def test_policy_table_after_restore(ray_exps):
         accs = [100 * r.test_acc_at_best_val.iloc[-1] for r in rs]
         assert row.acc == pytest.approx(mean(accs))
         assert row.acc_std == pytest.approx(stdev(accs))
-        assert row.acc_ci95 == pytest.approx(12.706 * stdev(accs) / math.sqrt(2))
+        assert row.acc_ci95 == pytest.approx(12.7062047 * stdev(accs) / math.sqrt(2))  # t(0.975, 1)
         assert row.time_s == pytest.approx(mean(r.wall_time_s.iloc[-1] for r in rs))
         assert row.time_saved == pytest.approx(1 - row.time_s / full_time)
         assert row.acc_lost == pytest.approx(full_acc - row.acc)
@@ -355,9 +359,81 @@ def test_unreadable_directories(case, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_t_quantiles():
-    assert tables.t975(1) == 12.706 and tables.t975(4) == 2.776 and tables.t975(29) == 2.045
-    assert tables.t975(60) == pytest.approx(2.000, abs=1e-3) and tables.t975(120) == pytest.approx(1.980, abs=1e-3)
+def test_welch_comparison_matches_scipy_and_a_hand_computed_case():
+    a, b = [80.0, 82.0, 84.0], [78.0, 79.0, 80.0]
+    c = tables.compare(a, b)
+    direct = stats.ttest_ind(a, b, equal_var=False)
+    assert c["diff"] == pytest.approx(3.0) and c["p"] == pytest.approx(direct.pvalue)
+    assert (c["lo"], c["hi"]) == pytest.approx(tuple(direct.confidence_interval(0.95)))
+    # By hand: s_a^2 = 4, s_b^2 = 1, n = 3: se^2 = 5/3, t = 3 / sqrt(5/3) = 2.3238; Welch-Satterthwaite
+    # df = (5/3)^2 / ((4/3)^2/2 + (1/3)^2/2) = 2.9412; the CI is 3 ± t(0.975, 2.9412) * sqrt(5/3).
+    se, df = math.sqrt(5 / 3), (5 / 3) ** 2 / ((4 / 3) ** 2 / 2 + (1 / 3) ** 2 / 2)
+    assert df == pytest.approx(2.941176, rel=1e-6) and direct.statistic == pytest.approx(3 / se)
+    assert c["hi"] - 3 == pytest.approx(stats.t.ppf(0.975, df) * se)
+    assert c["p"] == pytest.approx(2 * stats.t.sf(3 / se, df)) and c["verdict"] == "no detectable difference"
+    assert tables.compare([90.0, 91.0, 90.5], [80.0, 81.0, 80.5])["verdict"] == "better"  # a clear win
+    loss = tables.compare([70.0, 71.0, 70.5], [80.0, 81.0, 80.5])
+    assert loss["verdict"] == "worse" and loss["hi"] < 0 and loss["p"] < 0.05  # a clear loss
+    assert tables.compare([80.0, 81.0], [80.0, 81.0])["verdict"] == "no detectable difference"  # a tie: p = 1
+    assert tables.compare([80.0, 81.0], [80.0, 81.0])["p"] == pytest.approx(1.0)
+    assert tables.compare([80.0], [79.0, 81.0])["verdict"] == "too few runs"
+
+
+def test_every_arm_against_full_data_and_full_data_at_equal_images(tmp_path):
+    """Synthetic runs: full (4 epochs), full stopped at alpha x epochs images, and dynamic at alpha;
+    every difference, CI and p-value recomputed here from the records."""
+    base = dict(epochs=4, alpha=200, beta=0.7)
+    arms = {"full": dict(policy="full"), "equal": dict(policy="full", image_budget=200 * 4),
+            "dyn": dict(policy="dynamic"), "static": dict(policy="static")}
+    for name, config in arms.items():
+        for seed in (0, 1, 2):
+            cfg = TrainConfig(seed=seed, **base, **config).to_dict()
+            rows = epochs_of(cfg)
+            if name == "equal":  # full data for 800 images: two of its 400-image epochs
+                rows = [{**r, "stopped": "image_budget" if r["epoch"] == 2 else ""} for r in rows[:2]]
+            runs.write_run(tmp_path / f"{name}{seed}", cfg, rows, {"config": cfg, "n_train": N_TRAIN,
+                                                                 "total_time_s": rows[-1]["wall_time_s"]})
+    df = tables.load(tmp_path)
+    t = tables.policy_table(df)
+    assert list(t.index) == ["full", f"full ({tables.EQUAL})", "static α=200", "dynamic α=200 β=0.7"]
+    acc = {n: [100 * r[-1]["test_acc_at_best_val"] for r in
+               ([epochs_of(TrainConfig(seed=s, **base, **c).to_dict())[:2 if n == "equal" else None] for s in (0, 1, 2)])]
+           for n, c in arms.items()}
+    dyn = t.loc["dynamic α=200 β=0.7"]
+    assert dyn.ref_full == "full" and dyn.ref_equal == f"full ({tables.EQUAL})"
+    for name, ref in (("full", "full"), ("equal", "equal")):
+        direct = stats.ttest_ind(acc["dyn"], acc[ref], equal_var=False)
+        assert dyn[f"diff_{name}"] == pytest.approx(mean(acc["dyn"]) - mean(acc[ref]))
+        assert dyn[f"p_{name}"] == pytest.approx(direct.pvalue)
+        assert (dyn[f"lo_{name}"], dyn[f"hi_{name}"]) == pytest.approx(tuple(direct.confidence_interval(0.95)))
+    # the equal-images arm trains 2 of the 4 epochs: dynamic at alpha = 200 for 4 epochs beats it
+    assert dyn.verdict_equal == "better" and dyn.diff_equal > 0
+    assert dyn.time_saved_equal == pytest.approx(1 - dyn.time_s / t.loc[f"full ({tables.EQUAL})"].time_s)
+    eq = t.loc[f"full ({tables.EQUAL})"]
+    assert eq.ref_full == "full" and pd.isna(eq.ref_equal) and eq.images_seen == 800
+    assert pd.isna(t.loc["full"].diff_full)  # the reference is not compared with itself
+    shown = tables.show_policies(t)
+    assert shown.loc["dynamic α=200 β=0.7", f"verdict vs full, {tables.EQUAL}"] == "better"
+    assert shown.loc["dynamic α=200 β=0.7", f"p vs full, {tables.EQUAL}"] == f"{direct.pvalue:.3f}"
+    # time to accuracy includes the equal-images arm
+    assert f"full ({tables.EQUAL})" in tables.time_to_accuracy(df).index
+    said = claims.headline(t)
+    assert len(said) == 2 and said[1].startswith(
+        "dynamic α=200 β=0.7 against full data at equal images (α × epochs) (3 vs 3 runs): 11% more training time, "
+        f"accuracy {dyn.diff_equal:+.2f} points, 95% CI [{dyn.lo_equal:+.2f}, {dyn.hi_equal:+.2f}]")
+    assert f"p = {direct.pvalue:.3f}: better." in said[1]
+    cli.write_report([tmp_path], tmp_path / "report", formats=("md", "html"), with_figures=False)
+    assert (tmp_path / "report" / "headline.md").read_text() == "".join(f"- {s}\n" for s in said)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert all(html.escape(s) in page for s in said)
+
+
+def test_headline_says_not_measured_without_a_reference():
+    t = pd.DataFrame({"policy": ["dynamic"], "n": [2], "ref_full": [None], "ref_equal": [None]}, index=["dynamic"])
+    assert claims.headline(t) == [
+        "dynamic against full data for the same epochs: not measured (no such reference run).",
+        "dynamic against full data at equal images (α × epochs): not measured (no such reference run)."]
+    assert claims.headline(t.assign(policy="full")) == ["The method (dynamic or variant training): not measured in these runs."]
 
 
 def test_time_format():
@@ -380,3 +456,30 @@ def test_relative_experiment_path(ray_exps, monkeypatch):
     monkeypatch.chdir(ray_exps)
     relative = tables.load("grid")
     assert len(relative) == len(tables.load(ray_exps / "grid")) > 0
+
+
+def test_paper_numbers_sit_beside_the_measured_arms(tmp_path):
+    paper = list(csv.DictReader(resources.files("dyntrain").joinpath("assets/paper.csv").open()))
+    assert len(paper) == 28 and {r["table"] for r in paper} == {"2-3", "4", "fig-11", "5"}
+    arms = {"dyn": dict(policy="dynamic", alpha=25_000, beta=0.7), "full": dict(policy="full"),
+            "fullaug": dict(policy="full", augment=True), "static": dict(policy="static", alpha=200)}
+    for name, config in arms.items():
+        for seed in (0, 1):
+            cfg = TrainConfig(epochs=200, protocol="paper", seed=seed, **config).to_dict()
+            rows = epochs_of(cfg)
+            runs.write_run(tmp_path / f"{name}{seed}", cfg, rows, {"config": cfg, "n_train": N_TRAIN,
+                                                                   "total_time_s": rows[-1]["wall_time_s"]})
+    df = tables.load(tmp_path)
+    t = claims.paper_table(df, "best_val_acc")
+    assert sorted(zip(t.index, t.paper_table)) == [("dynamic α=25000 β=0.7", "2-3"), ("dynamic α=25000 β=0.7", "4"),
+                                                   ("full", "4"), ("full +aug", "5")]  # no static arm at α=200
+    dyn = [max(r["val_acc"] for r in epochs_of({**arms["dyn"], "epochs": 200, "seed": s})) * 100 for s in (0, 1)]
+    rows = t.loc["dynamic α=25000 β=0.7"].set_index("paper_table")
+    assert rows.loc["4", "paper_acc"] == 84.55 and rows.loc["2-3", "paper_acc"] == 84.4
+    assert rows.loc["4", "acc"] == pytest.approx(mean(dyn))
+    assert rows.loc["4", "acc_minus_paper"] == pytest.approx(mean(dyn) - 84.55)
+    assert rows.loc["4", "paper_time_s"] == 33 * 60 + 14
+    assert t.loc["full +aug", "paper_acc"] == 90.65 and t.loc["full", "paper_time_s"] == 50 * 60 + 25
+    found = cli.write_report([tmp_path], tmp_path / "report", formats=("md", "csv"), with_figures=False)
+    assert "paper" in found
+    assert "| full +aug | 5 | paper | 2 |" in (tmp_path / "report" / "paper.md").read_text()

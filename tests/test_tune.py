@@ -49,8 +49,46 @@ def test_builtin_spaces_are_the_papers_grid_and_the_baselines():
     assert all(p["policy"] == "dynamic" for p in grid)
     cfg = TrainConfig.from_dict(grid[0])
     assert (cfg.delta, cfg.gamma) == (0.01, 0.97)  # the paper's, as the defaults
-    base = list(spaces.points(spaces.parse_space(spaces.load_space("baselines"))))
-    assert {(p["policy"], p["augment"]) for p in base} == {(q, a) for q in ("full", "static", "dynamic", "variant", "random") for a in (False, True)}
+    base = list(spaces.points(spaces.parse_space({**spaces.load_space("baselines"), "alpha": 1250, "epochs": 6})))
+    arms = {(p["policy"], p.get("image_budget"), p["augment"]) for p in base}
+    # every policy, and full data stopped at the images of the subset arms with the same alpha and epochs
+    assert len(base) == 12 and arms == {(q, b, a) for q, b in [(q, None) for q in ("full", "static", "dynamic", "variant", "random")]
+                                        + [("full", 1250 * 6)] for a in (False, True)}
+    assert spaces.DEFAULT_SEEDS == {"baselines": 3}
+
+
+def test_arms_set_several_fields_per_trial_and_equal_images_follows_alpha_and_epochs(tmp_path, data):
+    from ray import tune
+
+    raw = spaces.load_space(write_space(tmp_path, {"arm": [{"policy": "full"}, {"policy": "full", "image-budget": "equal"},
+                                                           {"policy": "dynamic", "beta": 0.5}], "alpha": [100, 140]}))
+    space = spaces.parse_space(raw)
+    assert spaces.to_param_space(space, "grid")["arm"] == tune.grid_search(space["arm"])
+    got = [(p["policy"], p["alpha"], p.get("image_budget"), p.get("beta")) for p in spaces.points(space)]
+    assert sorted(got, key=str) == sorted([("full", 100, None, None), ("full", 140, None, None), ("full", 100, 200 * 100, None),
+                                           ("full", 140, 200 * 140, None), ("dynamic", 100, None, 0.5),
+                                           ("dynamic", 140, None, 0.5)], key=str)
+    plan = dtune.plan(raw, storage=str(tmp_path), overrides=data, seeds=2)  # epochs 2 from the overrides
+    assert plan.seeds == 2 and {p.get("image_budget") for p in spaces.points(plan.space)} == {None, 200, 280}
+    with pytest.raises(ConfigError, match="arm is a grid over whole points; it needs search grid"):
+        dtune.plan(raw, search="optuna", storage=str(tmp_path), overrides=data)
+    with pytest.raises(ConfigError, match=r"policy set both in arm \{'policy': 'full'\} and for every trial"):
+        dtune.plan("baselines", storage=str(tmp_path), overrides={**data, "policy": "dynamic"})
+    assert dtune.plan("baselines", storage=str(tmp_path), overrides={**data, "alpha": 100}).seeds == 3
+
+
+@pytest.mark.parametrize("arm, message", [
+    ([], "arm must be a non-empty list of mappings"),
+    ({"policy": "full"}, "arm must be a non-empty list of mappings"),
+    ([{"policy": "full"}, {"alpah": 3}], "arm {'alpah': 3}: unknown option(s) alpah"),
+    ([{"beta": [0.1, 0.2]}], "beta must be a single value in an arm"),
+    ([{"policy": "greedy"}], "policy='greedy' is invalid"),
+    ([{"policy": "full", "image_budget": "half"}], "image_budget='half' is invalid"),
+])
+def test_bad_arms_are_rejected(arm, message):
+    with pytest.raises(ConfigError) as err:
+        spaces.validate_space(spaces.parse_space({"arm": arm}))
+    assert message in str(err.value)
 
 
 def test_yaml_space_scalars_lists_and_samplers(tmp_path):
