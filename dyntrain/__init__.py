@@ -11,10 +11,11 @@ from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.data import DataError, Dataset, load_dataset, make_split
 from dyntrain.engine import Trainer
 from dyntrain.runs import load_checkpoint, save_checkpoint
+from dyntrain.sampler import SubsetSampler
 from dyntrain.sampling import make_policy
 
 __all__ = [
-    "ConfigError", "DataError", "Dataset", "TrainConfig", "Trainer",
+    "ConfigError", "DataError", "Dataset", "SubsetSampler", "TrainConfig", "Trainer",
     "load_checkpoint", "load_dataset", "make_policy", "make_split", "save_checkpoint",
 ]
 try:

@@ -213,8 +213,10 @@ class Variant(Policy):
 POLICIES = {cls.name: cls for cls in (Full, Static, Dynamic, Variant, Random)}
 
 
-def make_policy(name: str, n: int, alpha: int, beta: float, delta: float, gamma: float, seed: int) -> Policy:
-    """The policy `name` over a training split of n images; `full` ignores alpha."""
+def make_policy(name: str, n: int, alpha: int, beta: float = 0.7, delta: float = 0.01, gamma: float = 0.97,
+                seed: int = 0) -> Policy:
+    """The policy `name` over a training split of n images; `full` ignores alpha. beta, delta and gamma
+    default to the paper's (Table 2's best cell; TrainConfig's defaults)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
     if name == "full":

@@ -9,6 +9,7 @@ import statistics
 
 import pandas as pd
 import pytest
+
 from dyntrain import cli, spaces
 
 DATA = ["--val-size", "40", "--test-limit", "50", "--batch-size", "64", "--epochs", "2", "--no-progress"]

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "dyntrain"
 # Lowest first: a module may import only modules of lower layers (and the package, for __version__).
 LAYERS = [
     {"sampling", "model", "augment"},
-    {"config"},
+    {"config", "sampler"},
     {"data", "runs"},
     {"engine", "tables", "spaces"},
     {"figures", "bench", "claims"},
