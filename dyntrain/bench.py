@@ -137,7 +137,7 @@ def check_modes(data: Dataset, cfg: TrainConfig, modes: list[str], steps: int, t
             out["modes"][mode] = {"ok": False, "error": repr(err)}
             continue
         rel = (loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-8)
-        ok = bool(torch.isfinite(loss).all()) and torch.equal(init, ref_init) and rel[:10].max() <= tol and rel.max() <= 2 * tol
+        ok = bool(torch.isfinite(loss).all() and torch.equal(init, ref_init) and rel[:10].max() <= tol and rel.max() <= 2 * tol)
         out["modes"][mode] = {"ok": ok, "same_init": torch.equal(init, ref_init), "rel_diff_max": rel.max().item(),
                               "rel_diff_max_first10": rel[:10].max().item(), "losses": loss.tolist()}
     return out

@@ -51,9 +51,9 @@ def test_check_compares_every_mode_with_the_fp32_reference(tiny_folder, tmp_path
     assert check["steps"] == 4 == len(check["reference_losses"])  # 128 images / batch 32: capped at one pass
     none = check["modes"]["none"]
     # On the CPU the engine computes in fp32 eagerly: the same losses as the reference, to the bit.
-    assert none["ok"] and none["same_init"] and none["rel_diff_max"] == 0.0
+    assert none["ok"] is True and none["same_init"] and none["rel_diff_max"] == 0.0  # JSON booleans
     assert none["losses"] == check["reference_losses"]
-    assert not check["modes"]["cudagraphs"]["ok"] and "needs a CUDA device" in check["modes"]["cudagraphs"]["error"]
+    assert check["modes"]["cudagraphs"]["ok"] is False and "needs a CUDA device" in check["modes"]["cudagraphs"]["error"]
     printed = capsys.readouterr().out
     assert "check: compile none against fp32 eager over 4 steps: ok" in printed
     assert "check: compile cudagraphs against fp32 eager over 4 steps: FAILED" in printed
