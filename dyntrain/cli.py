@@ -44,7 +44,7 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- dyntrain train -------------------------------------------------------------------------------
 def train(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="dyntrain train", description="Train the paper's network with a subset policy.")
+    parser = argparse.ArgumentParser(prog="dyntrain train", description="Train a network (the paper's by default) with a subset policy.")
     parser.add_argument("--out", required=True, type=Path, help="output folder: metrics.csv, summary.json, checkpoint.pt")
     parser.add_argument("--config", type=Path, help="YAML file of options (command-line options win)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out (only --epochs may be raised)")
@@ -55,6 +55,7 @@ def train(argv: Sequence[str]) -> int:
 
     from dyntrain.data import load_dataset  # heavy (torch): each command imports its own modules
     from dyntrain.engine import CheckpointSchedule, Trainer  # heavy (torch)
+    from dyntrain.model import factory  # heavy (torch)
     from dyntrain.runs import (  # heavy (torch)
         CHECKPOINT,
         CONFIG_JSON,
@@ -91,6 +92,7 @@ def train(argv: Sequence[str]) -> int:
         if ckpt_path.exists() or (out / METRICS_CSV).exists():
             raise ConfigError(f"--out {out} already holds a run: pass --resume to continue it, or choose another folder")
     cfg.validate()
+    factory(cfg.model, cfg.batchnorm)  # the model's module imports, before the data is loaded
 
     data = load_dataset(cfg.dataset, cfg.data_dir, progress=cfg.progress)
     trainer = Trainer(cfg, data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -22,6 +23,7 @@ PROTOCOLS = ("holdout", "paper")
 COMPILE_MODES = ("none", "default", "cudagraphs")
 DEVICES = ("auto", "cuda", "cpu")
 BUILTIN_DATASETS = ("cifar10", "cifar100")
+FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_<][\w.<>]*")  # MODULE:FUNCTION; a callable records module:qualname
 
 
 class ConfigError(ValueError):
@@ -43,10 +45,12 @@ class TrainConfig:
     delta: float = option(0.01, "validation-accuracy change (a fraction) below which A is resampled")
     gamma: float = option(0.97, "variant: beta_n = gamma**n * beta_0 (Eq. 3)")
     # Training (PAPER.md "Network and training").
+    model: str = option("paper", "paper (Table 1) | resnet18 (the CIFAR ResNet-18) | MODULE:FUNCTION, a factory "
+                        "called as FUNCTION(num_classes=K) that returns an nn.Module mapping (N, C, H, W) to logits")
     epochs: int = option(200, "epochs to train")
     batch_size: int = option(512, "images per optimiser step")
     lr: float = option(1e-3, "Adam learning rate")
-    batchnorm: bool = option(False, "add BatchNorm after every convolution (not in the paper)")
+    batchnorm: bool = option(False, "model paper: add BatchNorm after every convolution (not in the paper)")
     augment: bool = option(False, "random flip and translation (pad 4, crop 32) on the device")
     seed: int = option(0, "seed of the split, the network, the order and the sampling")
     # Data.
@@ -95,6 +99,10 @@ class TrainConfig:
             self.dataset in BUILTIN_DATASETS or (self.dataset.startswith("folder:") and len(self.dataset) > 7),
             "dataset", self.dataset, "cifar10, cifar100 or folder:PATH",
         )
+        _check(isinstance(self.model, str) and (self.model in ("paper", "resnet18") or bool(FACTORY.fullmatch(self.model))),
+               "model", self.model, "paper, resnet18 or MODULE:FUNCTION")
+        _check(not self.batchnorm or self.model == "paper", "batchnorm", self.batchnorm,
+               "False unless model is paper (the other networks bring their own normalisation)")
         _check(_is_int(self.alpha) and self.alpha >= 1, "alpha", self.alpha, "an integer >= 1")
         if n_train is not None and self.policy != "full":
             _check(self.alpha <= n_train, "alpha", self.alpha, f"1..{n_train} (the size of the training split)")

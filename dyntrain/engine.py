@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from dyntrain import augment, sampling
 from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.data import Dataset, make_split
-from dyntrain.model import PaperNet
+from dyntrain.model import build_model, model_name
 from dyntrain.runs import CHECKPOINT_FORMAT, environment
 
 EVAL_BATCH = 1024
@@ -46,7 +46,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: Dataset, device: torch.device | str | None = None):
+    """One run of `cfg` on `data`. `model`, a factory called as model(num_classes=K), replaces
+    cfg.model (which then records its module:qualname); it is built on the device, seeded."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset, device: torch.device | str | None = None,
+                 model: Callable[..., torch.nn.Module] | None = None):
+        if model is not None:
+            cfg = cfg.replace(model=model_name(model))
         cfg.validate()
         split = make_split(data, cfg.val_size, cfg.seed, cfg.protocol, cfg.train_limit, cfg.test_limit)
         self.n_train = len(split.train_idx)
@@ -76,7 +82,7 @@ class Trainer:
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
         torch.manual_seed(cfg.seed)
-        self.model = PaperNet(len(data.classes), cfg.batchnorm).to(self.device)
+        self.model = build_model(model or cfg.model, len(data.classes), data.train_x.shape[1:], cfg.batchnorm).to(self.device)
         if cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # batch shapes are fixed: autotune each convolution once

@@ -30,6 +30,7 @@ import dyntrain
 from dyntrain.config import ARM, ConfigError, TrainConfig
 from dyntrain.data import load_dataset, make_split
 from dyntrain.engine import CheckpointSchedule, Trainer
+from dyntrain.model import build_model, model_name
 from dyntrain.runs import (
     ENVIRONMENT,
     MINIMISED,
@@ -60,13 +61,14 @@ TRACKERS = ("mlflow",)
 
 
 # --- the trainable --------------------------------------------------------------------------------
-def trainable(config: dict[str, Any], data: Any = None) -> None:
+def trainable(config: dict[str, Any], data: Any = None, model: Any = None) -> None:
     """Ray Tune function trainable: one `dyntrain train` run with `config` (TrainConfig keys; the rest
     take their defaults), reporting every epoch's metrics, with a checkpoint when the config's
     checkpoint schedule says so (and always at the end), and resuming from `tune.get_checkpoint()`
     -- its own, or another trial's under PBT. `data` is a `Dataset`, or a dict of them by dataset
     spec, given once through `tune.with_parameters(trainable, data=...)` so that each node fetches it
-    once from the object store; without it every trial loads `config["dataset"]` itself."""
+    once from the object store; without it every trial loads `config["dataset"]` itself. `model`, a
+    factory callable given the same way, builds the network (config["model"] records its name)."""
     from ray import tune  # late: see the note on Ray at the top
 
     # Ray logs a line per checkpoint; the trial table and dyntrain's own messages are what users read.
@@ -78,7 +80,7 @@ def trainable(config: dict[str, Any], data: Any = None) -> None:
         data = load_dataset(cfg.dataset, cfg.data_dir, progress=False)
     gpus = tune.get_context().get_trial_resources().required_resources.get("GPU", 0)
     cap_gpu_memory(gpus)
-    trainer = Trainer(cfg, data)
+    trainer = Trainer(cfg, data, model=model)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -136,12 +138,15 @@ class Plan:
 
 
 def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int | None = None, overrides: dict | None = None,
+         model: Any = None,
          gpus_per_trial: float | None = None, cpus_per_trial: float = 1, storage: str = "results/ray",
          name: str | None = None, resume: bool = False, address: str | None = None,
          dashboard: bool = False, tracker: str | None = None) -> Plan:
     """The space parsed, merged with `overrides` (fixed for every trial) and validated against the
     data; the experiment's path checked against `resume`. Raises ConfigError; starts nothing."""
     raw = load_space(space) if isinstance(space, str) else dict(space)
+    if model is not None:  # a factory callable: trials record its name, and get it through with_parameters
+        overrides = {**(overrides or {}), "model": model_name(model)}
     parsed = parse_space({**raw, **(overrides or {})})
     if seeds is None:
         seeds = DEFAULT_SEEDS.get(space, 1) if isinstance(space, str) else 1
@@ -186,6 +191,13 @@ def plan(space: str | dict[str, Any], *, search: Any = "grid", seeds: int | None
         return sizes[key]
 
     validate_space(parsed, n_train)
+    built = set()
+    for p in points(parsed):  # every network the space names, built once on the CPU and probed
+        cfg = TrainConfig.from_dict(p)
+        if (cfg.model, cfg.batchnorm, cfg.dataset) not in built:
+            built.add((cfg.model, cfg.batchnorm, cfg.dataset))
+            data = datasets[cfg.dataset]
+            build_model(model or cfg.model, len(data.classes), data.train_x.shape[1:], cfg.batchnorm)
     name = name or (Path(space).stem if isinstance(space, str) else "search")
     storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
     path = f"{storage.rstrip('/')}/{name}"
@@ -205,11 +217,13 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
            name: str | None = None, resume: bool = False, max_failures: int = 0, address: str | None = None,
            dashboard: bool = False, callbacks: Sequence[Any] = (), tracker: str | None = None,
            tracking_uri: str | None = None, live_report_s: float | None = 10.0, overrides: dict | None = None,
-           reuse_actors: bool = True, verbose: int = 1):
+           model: Any = None, reuse_actors: bool = True, verbose: int = 1):
     """Run a search and return Ray Tune's ResultGrid; everything is validated before Ray starts.
 
     space: "paper-grid", "baselines", a YAML file, or a dict (YAML-style values or Ray domains);
-      `overrides` fixes TrainConfig fields for every trial on top of it.
+      `overrides` fixes TrainConfig fields for every trial on top of it. model: a factory callable,
+      model(num_classes=K) -> nn.Module, for every trial (shipped to them with the data; trials
+      record its module:qualname as their model).
     search: "grid" (every point of the grids, `num_samples` times), "optuna" (seeded TPE from the
       paper's best point, `max_concurrent` trials at once, its study kept in the experiment folder) or
       any `ray.tune.search.Searcher`. scheduler: None, "asha" (stops hopeless trials after
@@ -234,7 +248,7 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
     metric, mode = objective(metric, mode)
     if isinstance(scheduler, str) and scheduler not in ("none", "asha"):
         raise ConfigError(f"scheduler={scheduler!r} is invalid: must be asha or a ray.tune.schedulers.TrialScheduler")
-    p = plan(space, search=search, seeds=seeds, overrides=overrides, gpus_per_trial=gpus_per_trial,
+    p = plan(space, search=search, seeds=seeds, overrides=overrides, model=model, gpus_per_trial=gpus_per_trial,
              cpus_per_trial=cpus_per_trial, storage=storage, name=name, resume=resume, address=address,
              dashboard=dashboard, tracker=tracker)
     for (alpha, n), share in sorted(p.shares.items()):
@@ -252,7 +266,7 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
     if gpus_per_trial is None:
         gpus_per_trial = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         print(f"dyntrain tune: {gpus_per_trial} GPU per trial (set gpus_per_trial to change)")
-    fn = tune.with_resources(tune.with_parameters(trainable, data=p.datasets), {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    fn = tune.with_resources(tune.with_parameters(trainable, data=p.datasets, model=model), {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     callbacks = list(callbacks) + _own_callbacks(p.path, tracker, tracking_uri, live_report_s)
     write_environment(p.path)
     if resume:

@@ -483,3 +483,18 @@ def test_paper_numbers_sit_beside_the_measured_arms(tmp_path):
     found = cli.write_report([tmp_path], tmp_path / "report", formats=("md", "csv"), with_figures=False)
     assert "paper" in found
     assert "| full +aug | 5 | paper | 2 |" in (tmp_path / "report" / "paper.md").read_text()
+
+
+def test_the_readmes_results_paragraph_is_generated_from_the_committed_runs():
+    """README.md states, for the CPU-scale baselines in results/cpu-demo/, exactly what `dyntrain report`
+    generated from those runs (headline.md), and headline.md is what `claims.headline` says of the
+    committed policy table: no claim without a run behind it."""
+    root = Path(__file__).resolve().parents[1]
+    demo = root / "results" / "cpu-demo" / "baselines"
+    policies = pd.read_csv(demo / "policies.csv", index_col=0)
+    said = claims.headline(policies)
+    assert (demo / "headline.md").read_text() == "".join(f"- {line}\n" for line in said)
+    readme = (root / "README.md").read_text()
+    assert all(f"- {line}\n" in readme for line in said)
+    seeds = set(pd.read_csv(demo / "runs.csv").seed)
+    assert len(seeds) >= 3 and {"full", f"full ({tables.EQUAL})"} <= set(policies.index)

@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dyntrain"
 # Lowest first: a module may import only modules of lower layers (and the package, for __version__).
 LAYERS = [
-    {"sampling", "model", "augment"},
+    {"sampling", "augment"},
     {"config", "sampler"},
-    {"data", "runs"},
+    {"data", "runs", "model"},
     {"engine", "tables", "spaces"},
     {"figures", "bench", "claims"},
     {"page"},
