@@ -21,6 +21,8 @@ from dyntrain.sampling import POLICIES
 
 PROTOCOLS = ("holdout", "paper")
 COMPILE_MODES = ("none", "default", "cudagraphs")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "onecycle", "cosine")
 DEVICES = ("auto", "cuda", "cpu")
 BUILTIN_DATASETS = ("cifar10", "cifar100")
 FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_<][\w.<>]*")  # MODULE:FUNCTION; a callable records module:qualname
@@ -49,7 +51,13 @@ class TrainConfig:
                         "called as FUNCTION(num_classes=K) that returns an nn.Module mapping (N, C, H, W) to logits")
     epochs: int = option(200, "epochs to train")
     batch_size: int = option(512, "images per optimiser step")
-    lr: float = option(1e-3, "Adam learning rate")
+    lr: float = option(1e-3, "learning rate (the peak of a schedule)")
+    optimizer: str = option("adam", "adam (the paper's) | sgd (with Nesterov momentum when momentum > 0)", OPTIMIZERS)
+    momentum: float = option(0.9, "sgd: momentum")
+    weight_decay: float = option(0.0, "L2 weight decay (coupled, as torch's Adam and SGD apply it)")
+    lr_schedule: str = option("constant", "constant (the paper's) | onecycle | cosine, stepped every optimiser step "
+                              "over the planned steps: ceil(images per epoch / batch) x epochs", LR_SCHEDULES)
+    label_smoothing: float = option(0.0, "label smoothing of the training loss")
     batchnorm: bool = option(False, "model paper: add BatchNorm after every convolution (not in the paper)")
     augment: bool = option(False, "random flip and translation (pad 4, crop 32) on the device")
     seed: int = option(0, "seed of the split, the network, the order and the sampling")
@@ -120,6 +128,10 @@ class TrainConfig:
         _check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check(_is_real(self.lr) and self.lr > 0, "lr", self.lr, "a number > 0")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(_is_real(self.momentum) and 0.0 <= self.momentum < 1.0, "momentum", self.momentum, "[0, 1)")
+        _check(_is_real(self.weight_decay) and self.weight_decay >= 0.0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(_is_real(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0, "label_smoothing",
+               self.label_smoothing, "[0, 1)")
         _check(_is_int(self.val_size) and self.val_size >= 0, "val_size", self.val_size, "an integer >= 0")
         if self.protocol == "holdout":
             _check(self.val_size >= 1, "val_size", self.val_size, ">= 1 with --protocol holdout (or use --protocol paper)")

@@ -86,9 +86,7 @@ class Trainer:
         if cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # batch shapes are fixed: autotune each convolution once
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.lr, capturable=cfg.compile == "cudagraphs", foreach=True,
-        )
+        self.optimizer, self.scheduler = make_optimizer(self.model, cfg, steps=math.ceil(self.alpha / cfg.batch_size) * cfg.epochs)
         self.policy = sampling.make_policy(cfg.policy, self.n_train, self.alpha, cfg.beta, cfg.delta, cfg.gamma, cfg.seed)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
@@ -113,7 +111,7 @@ class Trainer:
         """One optimiser step; returns (weighted loss sum, correct count) as a device tensor."""
         logits = self._logits(x)
         # The loss and its sums in fp32: under bf16 autocast the logits are bf16 (about 3 digits).
-        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        losses = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=self.cfg.label_smoothing)
         loss = (losses * w).sum() / w.sum()  # the mean over the batch's real images (fillers weigh 0)
         # Zeroed in place, not freed: a captured CUDA graph writes the gradients to fixed addresses,
         # and buffers set to None would be reallocated elsewhere on the next backward.
@@ -142,6 +140,8 @@ class Trainer:
                 totals += self._graph(x, y, w)
             else:
                 totals += self._step(x, y, w)
+            if self.scheduler is not None:
+                self.scheduler.step()  # a float, or a device tensor filled in place that a captured step reads
         return totals
 
     @torch.no_grad()
@@ -230,6 +230,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "policy": self.policy.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -237,9 +238,15 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        planned = state["config"].get("epochs", self.cfg.epochs)
+        if self.scheduler is not None and planned != self.cfg.epochs:
+            raise ConfigError(f"epochs={self.cfg.epochs} is invalid for this run: its {self.cfg.lr_schedule} schedule "
+                              f"was planned for {planned} epochs (only a constant learning rate extends)")
         self._graph = None  # a captured step would replay on the optimizer's old state tensors: capture again
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.policy.load_state_dict(state["policy"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -261,6 +268,29 @@ class Trainer:
             "final": self.history[-1] if self.history else {},
             "total_time_s": self.history[-1]["wall_time_s"] if self.history else 0.0,
         }
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps: int):
+    """The optimiser and learning-rate schedule of `cfg` (the paper's: Adam, constant lr), the schedule
+    planned over `steps` optimiser steps and stepped after each (None when constant). Under a captured
+    CUDA-graph step with a schedule the learning rate is a device tensor that the schedule fills in
+    place, so the replayed step reads the current rate."""
+    graphs = cfg.compile == "cudagraphs"
+    if graphs and cfg.optimizer == "sgd":
+        raise ConfigError("optimizer='sgd' is invalid with compile='cudagraphs': torch's SGD reads a tensor learning "
+                          "rate on the host (use compile none or default, or adam)")
+    lr = torch.tensor(cfg.lr, device=next(model.parameters()).device) if graphs and cfg.lr_schedule != "constant" else cfg.lr
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, capturable=graphs, foreach=True)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                              weight_decay=cfg.weight_decay, foreach=True)
+    if cfg.lr_schedule == "onecycle":  # torch's defaults: warm up over 30 %, cosine down; momentum left as set
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, cycle_momentum=False)
+    if cfg.lr_schedule == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    return opt, None
 
 
 def _pad_for_eval(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,8 +49,9 @@ METRICS_CSV, SUMMARY, CONFIG_JSON, CHECKPOINT, ENVIRONMENT = (
 STATUSES = ("finished", "in_progress", "pending", "error")
 # Tune's trial statuses -> a run's (Ray saves a RUNNING trial as PENDING: one with epochs is under way).
 TUNE_STATUSES = {"TERMINATED": "finished", "ERROR": "error", "RUNNING": "in_progress", "PAUSED": "in_progress"}
-CHECKPOINT_FORMAT = 2  # 1: before format keys, with numpy arrays in the policy state (not loadable as data)
-CHECKPOINT_KEYS = ("format", "config", "model", "optimizer", "policy", "generator", "torch_rng", "history")
+# 1: before format keys, with numpy arrays in the policy state (not loadable as data); 2: no scheduler state.
+CHECKPOINT_FORMAT = 3
+CHECKPOINT_KEYS = ("format", "config", "model", "optimizer", "scheduler", "policy", "generator", "torch_rng", "history")
 
 
 class ReportError(ValueError):
@@ -128,6 +129,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                                   "refusing to execute it") from None  # one line, no chained traceback
     if not isinstance(state, dict):
         raise CheckpointError(f"{name}: not a dyntrain checkpoint (holds a {type(state).__name__}, not a dict)")
+    if state.get("format") == 2:  # before learning-rate schedules: its runs had none
+        state = {**state, "format": CHECKPOINT_FORMAT, "scheduler": {}}
     if state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format")
         raise CheckpointError(f"{name}: not a dyntrain checkpoint of format {CHECKPOINT_FORMAT} (format {found!r})")

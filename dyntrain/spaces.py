@@ -29,9 +29,15 @@ PAPER_GRID = {"policy": "dynamic", "alpha": [15_000, 20_000, 25_000], "beta": [0
 # augmentation, and full data stopped at the images a subset arm trains on (alpha x epochs).
 BASELINES = {ARM: [{"policy": p} for p in POLICIES] + [{"policy": "full", "image_budget": EQUAL_IMAGES}],
              "augment": [False, True]}
-SPACES = {"paper-grid": PAPER_GRID, "baselines": BASELINES}
+# The data-pruning literature's ResNet-18 recipe on CIFAR-10 (InfoBatch, RS2): SGD 0.1 with Nesterov
+# momentum 0.9, weight decay 5e-4, one-cycle, label smoothing 0.1, augmentation, 200 epochs; every
+# arm at alpha = 22,500, half of the 45,000-image pool of the default held-out protocol.
+RESNET18_CIFAR10 = {**BASELINES, "augment": True, "model": "resnet18", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+                    "weight_decay": 5e-4, "lr_schedule": "onecycle", "label_smoothing": 0.1, "alpha": 22_500,
+                    "epochs": 200, "dataset": "cifar10"}
+SPACES = {"paper-grid": PAPER_GRID, "baselines": BASELINES, "resnet18-cifar10": RESNET18_CIFAR10}
 # Seeds per point unless told otherwise: a comparison of arms needs replicates (its CIs and tests).
-DEFAULT_SEEDS = {"baselines": 3}
+DEFAULT_SEEDS = {"baselines": 3, "resnet18-cifar10": 2}
 SAMPLERS = ("uniform", "loguniform", "randint", "choice")
 
 

@@ -26,6 +26,7 @@ def fake_state() -> dict:
         "model": {"w": torch.randn(64, 64), "b": torch.zeros(64)},
         "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(64)}},
                       "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]},
+        "scheduler": {"last_epoch": 3, "_step_count": 4, "base_lrs": [1e-3], "_last_lr": [9e-4]},
         "policy": policy.state_dict(),
         "generator": torch.Generator().get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -177,3 +178,10 @@ def test_schedule_of_a_config_validates_it(kw):
 def test_no_temporary_left_behind(tmp_path):
     save_checkpoint(fake_state(), tmp_path / "c.pt")
     assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_a_checkpoint_from_before_schedules_loads_with_none(tmp_path):
+    old = {k: v for k, v in fake_state().items() if k != "scheduler"} | {"format": 2}
+    save_checkpoint(old, tmp_path / "v2.pt")
+    state = load_checkpoint(tmp_path / "v2.pt")
+    assert state["format"] == CHECKPOINT_FORMAT == 3 and state["scheduler"] == {}
