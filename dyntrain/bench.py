@@ -29,7 +29,7 @@ from torchvision import transforms
 from dyntrain.config import TrainConfig
 from dyntrain.data import Dataset, load_dataset, make_split
 from dyntrain.engine import Trainer, resolve_device
-from dyntrain.model import PaperNet
+from dyntrain.model import build_model
 from dyntrain.runs import environment, save_checkpoint, write_json
 
 # The plain pipeline and the paper ran one evaluation set per epoch: by default so does the bench.
@@ -62,7 +62,7 @@ def bench_plain(data: Dataset, cfg: TrainConfig, epochs: int, workers: int, devi
     train_loader = torch.utils.data.DataLoader(Images(hwc_train, data.train_y[split.train_idx]), shuffle=True, **loader_args)
     val_loader = torch.utils.data.DataLoader(Images(hwc_val, val_y), shuffle=False, **loader_args)
     torch.manual_seed(cfg.seed)
-    model = PaperNet(len(data.classes)).to(device)
+    model = build_model(cfg.model, len(data.classes), data.train_x.shape[1:]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     times = []
     for _ in range(epochs):
@@ -204,8 +204,8 @@ def run(base: TrainConfig, modes: list[str], policies: list[str], plain_epochs: 
             write_json(out, results)
 
     env = results["environment"]
-    print(f"dyntrain bench on {env['device_name']} ({env['device']}), torch {env['torch']}; {n_train} training images, "
-          f"batch {base.batch_size}")
+    print(f"dyntrain bench on {env['device_name']} ({env['device']}), torch {env['torch']}; model {base.model}, "
+          f"{n_train} training images, batch {base.batch_size}")
     if check_steps:
         results["check"] = check_modes(data, base, modes, check_steps, check_tol, device)
         save()

@@ -256,7 +256,7 @@ def bench(argv: Sequence[str]) -> int:
     from dyntrain import bench as bn  # heavy (torch)
 
     p = argparse.ArgumentParser(prog="dyntrain bench", description=bn.__doc__.split("\n\n")[0] + " " + bn.MEASURED)
-    shared = ("dataset", "data_dir", "train_limit", "test_limit", "val_size", "protocol", "batch_size", "device")
+    shared = ("model", "dataset", "data_dir", "train_limit", "test_limit", "val_size", "protocol", "batch_size", "device")
     add_config_options(p, only=shared, defaults=bn.DEFAULTS)
     p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first is reported apart [3]")
     p.add_argument("--plain-epochs", type=int, default=2, help="epochs of the plain pipeline [2]")

@@ -57,3 +57,15 @@ def test_check_compares_every_mode_with_the_fp32_reference(tiny_folder, tmp_path
     printed = capsys.readouterr().out
     assert "check: compile none against fp32 eager over 4 steps: ok" in printed
     assert "check: compile cudagraphs against fp32 eager over 4 steps: FAILED" in printed
+
+
+def test_bench_takes_the_model_option(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--model", "user_models:small_cnn", "--dataset", f"folder:{tiny_folder}", "--data-dir",
+                     str(tmp_path / "d"), "--train-limit", "64", "--test-limit", "32", "--epochs", "1", "--plain-epochs",
+                     "1", "--workers", "0", "--batch-size", "32", "--device", "cpu", "--policies", "full", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["model"] == "user_models:small_cnn" and len(result["pipelines"]) == 2
+    assert result["pipelines"][1]["checkpoint_bytes"] < 1e5  # the small network's checkpoint, not the paper's 13 MB
+    assert "model user_models:small_cnn" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("bench", "baselines", "grid", "fractional")
+STEPS = ("bench", "bench_resnet18", "baselines", "grid", "fractional")
 
 
 def launch(out: Path, work: Path, tmp: Path, tar: Path, *args: str) -> subprocess.CompletedProcess:
