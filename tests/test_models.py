@@ -15,7 +15,7 @@ import torch
 import yaml
 from torch import nn
 
-from dyntrain import Trainer, cli, load_dataset, runs, tables
+from dyntrain import Trainer, cli, load_dataset, page, runs, tables
 from dyntrain import tune as dtune
 from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.model import PaperNet, ResNet18, build_model
@@ -138,6 +138,9 @@ def test_runs_of_different_models_are_different_arms(tmp_path):
             row = {"epoch": 1, "val_acc": 0.5 + 0.1 * (model == "resnet18"), "test_acc_at_best_val": 0.5, "wall_time_s": 1.0,
                    "subset_size": 40, "images_seen": 40, "stopped": "epochs"}
             runs.write_run(tmp_path / f"{model}{seed}", cfg, [row], summary={"config": cfg, "n_train": 40})
-    t = tables.policy_table(tables.load(tmp_path))
+    df = tables.load(tmp_path)
+    t = tables.policy_table(df)
     assert list(t.index) == ["full model=paper", "full model=resnet18"] and list(t.n) == [2, 2]
     assert list(t.ref_full) == list(t.index)  # each model has its own full-data reference
+    shown = page.render(df)
+    assert "full model=resnet18" in shown and "full model=paper" in shown
