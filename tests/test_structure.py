@@ -113,3 +113,10 @@ def test_shipped_files_speak_of_the_project_alone():
                 if OFF_TOPIC.search(line) and "#" + "{" not in line:
                     offenders.append(f"{p.relative_to(ROOT)}:{i}: {line.strip()[:100]}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_shipped_files_are_files_not_links():
+    """`ray up` copies the checkout without results/ and data/: a link into them dangles on the nodes (and
+    Ray's autoscaler fails hashing it)."""
+    links = [str(p.relative_to(ROOT)) for top in SHIPPED for p in [ROOT / top, *(ROOT / top).rglob("*")] if p.is_symlink()]
+    assert not links, links
