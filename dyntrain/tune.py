@@ -266,7 +266,9 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
     if gpus_per_trial is None:
         gpus_per_trial = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         print(f"dyntrain tune: {gpus_per_trial} GPU per trial (set gpus_per_trial to change)")
-    fn = tune.with_resources(tune.with_parameters(trainable, data=p.datasets, model=model), {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    # model only when given: a trainable wrapped by the user may take (config, data) alone.
+    shipped = {"data": p.datasets, **({"model": model} if model else {})}
+    fn = tune.with_resources(tune.with_parameters(trainable, **shipped), {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     callbacks = list(callbacks) + _own_callbacks(p.path, tracker, tracking_uri, live_report_s)
     write_environment(p.path)
     if resume:

@@ -54,7 +54,7 @@ def test_builtin_spaces_are_the_papers_grid_and_the_baselines():
     # every policy, and full data stopped at the images of the subset arms with the same alpha and epochs
     assert len(base) == 12 and arms == {(q, b, a) for q, b in [(q, None) for q in ("full", "static", "dynamic", "variant", "random")]
                                         + [("full", 1250 * 6)] for a in (False, True)}
-    assert spaces.DEFAULT_SEEDS == {"baselines": 3}
+    assert spaces.DEFAULT_SEEDS["baselines"] == 3
 
 
 def test_arms_set_several_fields_per_trial_and_equal_images_follows_alpha_and_epochs(tmp_path, data):
