@@ -286,10 +286,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps: int):
     else:
         opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                               weight_decay=cfg.weight_decay, foreach=True)
+    # The schedules compute from a float base rate: from the tensor rate they would read it back (.item()) every step.
+    for group in opt.param_groups:
+        group["initial_lr"] = cfg.lr
     if cfg.lr_schedule == "onecycle":  # torch's defaults: warm up over 30 %, cosine down; momentum left as set
         return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, cycle_momentum=False)
-    if cfg.lr_schedule == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    if cfg.lr_schedule == "cosine":  # CosineAnnealingLR's recursive form reads the current (tensor) rate back
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
     return opt, None
 
 
