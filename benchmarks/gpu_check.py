@@ -11,16 +11,21 @@ dyntrain.cli`, so no Ray is needed) and `dyntrain report`. Steps (<device>: e.g.
               nvidia-smi's output, pip freeze.
   bench       `dyntrain bench`, CIFAR-10 (50,000 images), batch 512, --compile none,default,cudagraphs,
               --policies full,dynamic, each mode first checked against an fp32 eager reference over 50
-              optimiser steps -> results/bench/<device>.json and <device>-profile.txt.
+              optimiser steps -> results/bench/<device>.json and <device>.profile.txt. The fastest
+              correct mode (dynamic images/s) is the compile mode of every run after this step.
+  parity      3-epoch dynamic runs (5,000 images) on the CPU and in every compile mode here, same seed:
+              whether subset sizes, resample decisions and beta_n match the CPU's, epoch by epoch.
   bench_resnet18  the same for --model resnet18 -> results/bench/<device>-resnet18.json (not with --smoke).
+  fractional  N concurrent runs (full data, a few epochs), each capped to 1/N of the GPU's memory as a
+              trial with gpus=1/N is, against one alone: images/s of each and in all, every capped run's
+              peak reserved memory against its cap, peak GPU memory (nvidia-smi)
+              -> results/gpu-<device>/fractional.json.
   baselines   `dyntrain train`, held-out protocol, 200 epochs, seeds 0 and 1: full, static, dynamic,
               variant and random at alpha 25,000, and full at equal images (--image-budget alpha x
               epochs); `dyntrain report` -> results/gpu-<device>/baselines/.
   grid        the paper's grid: alpha {15,000, 20,000, 25,000} x beta {0.1, ..., 0.7}, dynamic,
               --protocol paper, seed 0, 200 epochs -> results/gpu-<device>/paper-grid/ (the report puts
               the paper's numbers beside the measured ones).
-  fractional  N concurrent runs (full data, a few epochs) against one alone: images/s of each and in
-              all, peak GPU memory (nvidia-smi) -> results/gpu-<device>/fractional.json.
 
 --smoke: the same steps, tiny, on the CPU (120 training images, batch 64, 2 epochs, alpha 40, seed 0;
 compile none and cudagraphs, whose failure on the CPU is recorded as expected; 2 grid cells; 2 runs
@@ -55,20 +60,32 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from dyntrain.data import load_dataset
 from dyntrain.engine import resolve_device
 from dyntrain.runs import CHECKPOINT, CONFIG_JSON, METRICS_CSV, SUMMARY, atomic_write, environment, write_json
 
-STEPS = ("bench", "bench_resnet18", "baselines", "grid", "fractional")
+STEPS = ("bench", "parity", "bench_resnet18", "fractional", "baselines", "grid")
 POLICIES = ("full", "static", "dynamic", "variant", "random")
 BUNDLE = "gpu-check.tar.gz"
 FULL = dict(limits=[], device=[], batch=512, epochs=200, alpha=25_000, seeds=(0, 1), grid_alphas=(15_000, 20_000, 25_000),
             betas=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), modes="none,default,cudagraphs", check_steps=50,
+            parity=["--epochs", "3", "--alpha", "2500", "--delta", "0.05", "--train-limit", "5000", "--val-size", "1000",
+                    "--test-limit", "1000"],
             bench=["--epochs", "5", "--plain-epochs", "2", "--workers", "8"], parallel=4, frac_epochs=10, reserve_s=30)
 SMOKE = dict(limits=["--train-limit", "120", "--test-limit", "20", "--val-size", "20"], device=["--device", "cpu"],
              batch=64, epochs=2, alpha=40, seeds=(0,), grid_alphas=(40,), betas=(0.1, 0.7), modes="none,cudagraphs",
-             check_steps=3, bench=["--epochs", "2", "--plain-epochs", "1", "--workers", "0"], parallel=2,
+             check_steps=3, parity=["--epochs", "3", "--alpha", "40", "--delta", "0.05"],
+             bench=["--epochs", "2", "--plain-epochs", "1", "--workers", "0"], parallel=2,
              frac_epochs=2, reserve_s=15)
+
+
+# `dyntrain` under a CUDA memory cap (argv[1]: the share), printing the peak it reserved at exit.
+CAPPED = ("import atexit, sys, torch; from dyntrain.cli import main; share = float(sys.argv.pop(1)); "
+          "torch.cuda.set_per_process_memory_fraction(share); "
+          "atexit.register(lambda: print('peak_reserved_bytes', torch.cuda.max_memory_reserved(), flush=True)); "
+          "sys.exit(main(sys.argv[1:]))")
 
 
 class Check:
@@ -85,6 +102,11 @@ class Check:
         self.progress: dict = {"device": self.slug, "steps": {}, "calls": []}
 
     # ---------------------------------------------------------------- bookkeeping
+    @property
+    def mode(self) -> str:
+        """The compile mode of every run after the bench step: the fastest correct one it measured."""
+        return self.progress["steps"].get("bench", {}).get("best_mode") or "none"
+
     def left(self) -> float:
         return self.deadline - time.time()
 
@@ -112,9 +134,11 @@ class Check:
             return
 
     # ---------------------------------------------------------------- commands
-    def spawn(self, argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    def spawn(self, argv: list[str], log: Path, env: dict | None = None, cap: float | None = None) -> subprocess.Popen:
+        """`dyntrain ARGV` in the work folder; with `cap`, under a CUDA memory cap of that share of the GPU
+        (as a trial with a fraction of a GPU runs: dyntrain.tune.cap_gpu_memory), printing its peak at exit."""
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "dyntrain.cli", *argv]
+        cmd = [sys.executable, "-m", "dyntrain.cli", *argv] if cap is None else [sys.executable, "-c", CAPPED, str(cap), *argv]
         self.progress["calls"][-1]["commands"] += 1
         with open(log, "a") as fh:
             fh.write(f"$ {' '.join(cmd)}\n")
@@ -144,7 +168,7 @@ class Check:
             time.sleep(0.5)
         return proc.returncode
 
-    def pool(self, jobs: list[tuple[Path, list[str]]], parallel: int) -> dict:
+    def pool(self, jobs: list[tuple[Path, list[str]]], parallel: int, cap: float | None = None) -> dict:
         """`dyntrain train` jobs (folder, options), `parallel` at a time, until all have ended or the
         deadline: a folder with summary.json is finished and skipped, one with config.json resumed."""
         todo, running, failed = [(f, o) for f, o in jobs if not (f / SUMMARY).exists()], {}, []
@@ -159,8 +183,8 @@ class Check:
                     folder, opts = todo.pop(0)
                     resume = ["--resume"] if (folder / CONFIG_JSON).exists() else []
                     argv = ["train", "--out", str(folder), *resume, "--no-progress", "--checkpoint-interval-s", "30",
-                            "--epochs", str(self.s["epochs"]), *self.common, *opts]
-                    running[folder] = self.spawn(argv, self.root / "logs" / f"{folder.parent.name}-{folder.name}.log", env)
+                            "--epochs", str(self.s["epochs"]), "--compile", self.mode, *self.common, *opts]
+                    running[folder] = self.spawn(argv, self.log_of(folder), env, cap)
                     self.log(f"run {folder.relative_to(self.root)}: {'resumed' if resume else 'started'}")
                 time.sleep(0.5)
                 for folder, proc in list(running.items()):
@@ -174,6 +198,9 @@ class Check:
             self.stop(*running.values())
         done = sum((f / SUMMARY).exists() for f, _ in jobs)
         return {"runs_finished": done, "runs": len(jobs), "runs_failed": failed}
+
+    def log_of(self, folder: Path) -> Path:
+        return self.root / "logs" / f"{folder.parent.name}-{folder.name}.log"
 
     def report(self, runs: Path, out: Path) -> int | None:
         if not any(runs.glob(f"*/{METRICS_CSV}")):
@@ -198,8 +225,6 @@ class Check:
 
     # ---------------------------------------------------------------- steps
     def env(self) -> dict:
-        import torch
-
         def output(cmd: list[str]) -> str | None:
             try:
                 return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
@@ -221,7 +246,7 @@ class Check:
         path = self.root / "results" / "bench" / f"{self.slug}{'' if model == 'paper' else '-' + model}.json"
         argv = ["bench", "--model", model, *self.common, *self.s["bench"], "--compile", self.s["modes"], "--policies", "full,dynamic",
                 "--check-steps", str(self.s["check_steps"]), "--out", str(path),
-                "--profile", str(path.with_name(f"{self.slug}-profile.txt"))]
+                "--profile", str(path.with_suffix(".profile.txt"))]
         rc = self.call(argv, self.root / "logs" / "bench.log")
         if not path.exists():
             return {"status": "partial" if rc is None else "failed", "exit": rc}
@@ -238,8 +263,28 @@ class Check:
         for k in unexpected:
             self.log(f"bench: {k}: FAILED (see {path.relative_to(self.root)})")
         status = "partial" if rc is None else "failed" if rc not in (0, 1) or unexpected else "done"
+        dynamic = {m: ips.get(f"dyntrain engine, policy dynamic, compile {m}") for m, ok in check.items() if ok == "ok"}
+        dynamic = {m: v for m, v in dynamic.items() if isinstance(v, int)}
+        best = {"best_mode": max(dynamic, key=dynamic.get)} if model == "paper" and dynamic else {}
         return {"status": status, "exit": rc, "json": str(path.relative_to(self.root)), "check": check,
-                "images_per_s": ips, "unexpected_failures": unexpected}
+                "images_per_s": ips, "unexpected_failures": unexpected, **best}
+
+    def parity(self, st: dict) -> dict:
+        """Short dynamic runs on the CPU and in every compile mode on this device, same seed: the same
+        subset sizes, resample decisions and beta_n each epoch (the subsets follow from them and the seed)."""
+        runs, modes = self.root / "runs" / "parity", [m for m in self.s["modes"].split(",") if self.device.type == "cuda" or m == "none"]
+        jobs = [(runs / "cpu", ["--device", "cpu", "--compile", "none"])] + [(runs / m, ["--compile", m]) for m in modes]
+        r = self.pool([(f, [*o, "--policy", "dynamic", *self.s["parity"]]) for f, o in jobs], len(jobs))
+        if r["runs_finished"] < r["runs"]:
+            return {**r, "status": "failed" if r["runs_failed"] else "partial"}
+        keys = ("subset_size", "resample", "beta_n")
+        per_epoch = {f.name: read_metrics(f) for f, _ in jobs}
+        cpu = per_epoch["cpu"]
+        res = {m: {"same_decisions": [{k: row[k] for k in keys} for row in rows] == [{k: row[k] for k in keys} for row in cpu],
+                   "resamples": [row["resample"] for row in rows],
+                   "val_acc": [float(row["val_acc"]) for row in rows]} for m, rows in per_epoch.items()}
+        different = [m for m, v in res.items() if not v["same_decisions"]]
+        return {**r, "status": "done", "modes": res, "different_from_cpu": different}
 
     def baselines(self, st: dict) -> dict:
         a, runs = self.s["alpha"], self.root / "runs" / "baselines"
@@ -255,7 +300,7 @@ class Check:
         return self.runs_step("grid", jobs, "paper-grid")
 
     def fractional(self, st: dict) -> dict:
-        n, runs = self.s["parallel"], self.root / "runs" / "fractional"
+        n, runs, cuda = self.s["parallel"], self.root / "runs" / "fractional", self.device.type == "cuda"
         opts = ["--policy", "full", "--protocol", "paper", "--epochs", str(self.s["frac_epochs"])]
         phases = {"alone": [runs / "alone"], "concurrent": [runs / f"concurrent-{i}" for i in range(n)]}
         peak = st.setdefault("peak_gpu_memory_mib", {})
@@ -264,7 +309,8 @@ class Check:
             smi = shutil.which("nvidia-smi") if self.device.type == "cuda" else None
             mon = subprocess.Popen([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
                                    stdout=subprocess.PIPE, text=True) if smi else None
-            r = self.pool([(f, [*opts, "--seed", str(i)]) for i, f in enumerate(folders)], len(folders))
+            cap = 1 / len(folders) if cuda and len(folders) > 1 else None
+            r = self.pool([(f, [*opts, "--seed", str(i)]) for i, f in enumerate(folders)], len(folders), cap)
             if mon:
                 mon.terminate()
                 used = [float(x) for x in mon.communicate()[0].split() if x.replace(".", "").isdigit()]
@@ -272,6 +318,11 @@ class Check:
             if r["runs_finished"] < r["runs"]:
                 return {**r, "status": "failed" if r["runs_failed"] else "partial"}
             res[phase] = {f.name: images_per_s(f) for f in folders}
+            if cap:  # the cap holds when no capped run reserved more than its share
+                total = torch.cuda.get_device_properties(0).total_memory
+                peaks = {f.name: peak_reserved(self.log_of(f)) for f in folders}
+                res[f"{phase}_memory_cap"] = {"share": cap, "cap_bytes": cap * total, "peak_reserved_bytes": peaks,
+                                              "held": all(p is not None and p <= cap * total for p in peaks.values())}
             res[f"{phase}_images_per_s"] = sum(res[phase].values())
         res["peak_gpu_memory_mib"] = peak or "no nvidia-smi"
         path = self.root / "results" / f"gpu-{self.slug}" / "fractional.json"
@@ -280,10 +331,19 @@ class Check:
         return {"status": "done", **{k: round(v) for k, v in res.items() if k.endswith("_images_per_s")}}
 
 
+def read_metrics(folder: Path) -> list[dict]:
+    with open(folder / METRICS_CSV) as fh:
+        return list(csv.DictReader(fh))
+
+
+def peak_reserved(log: Path) -> int | None:
+    found = re.findall(r"^peak_reserved_bytes (\d+)$", log.read_text(), re.M)
+    return int(found[-1]) if found else None
+
+
 def images_per_s(folder: Path) -> float:
     """Training images per second of epoch time, over the epochs after the first (as `dyntrain bench`)."""
-    with open(folder / METRICS_CSV) as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_metrics(folder)
     rows = rows[1:] or rows
     return sum(float(r["subset_size"]) for r in rows) / sum(float(r["epoch_time_s"]) for r in rows)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("bench", "bench_resnet18", "baselines", "grid", "fractional")
+STEPS = ("bench", "parity", "bench_resnet18", "fractional", "baselines", "grid")
 
 
 def launch(out: Path, work: Path, tmp: Path, tar: Path, *args: str) -> subprocess.CompletedProcess:
@@ -40,6 +40,11 @@ def test_smoke_check_writes_every_step_and_continues(tiny_folder, tmp_path):
     progress = json.loads((out / "progress.json").read_text())
     assert {s: progress["steps"][s]["status"] for s in ("env", *STEPS)} == dict.fromkeys(("env", *STEPS), "done")
     assert progress["steps"]["bench"]["check"] == {"none": "ok", "cudagraphs": "expected failure"}
+    assert progress["steps"]["bench"]["best_mode"] == "none"  # the only correct mode on the CPU
+    parity = progress["steps"]["parity"]  # the CPU against itself: identical decisions, epoch by epoch
+    assert set(parity["modes"]) == {"cpu", "none"} and parity["different_from_cpu"] == []
+    assert parity["modes"]["none"]["resamples"] == parity["modes"]["cpu"]["resamples"]
+    assert len(parity["modes"]["cpu"]["val_acc"]) == 3
 
     unpacked = tmp_path / "unpacked"
     with tarfile.open(out / "gpu-check.tar.gz") as tf:
