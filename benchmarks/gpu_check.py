@@ -13,8 +13,8 @@ dyntrain.cli`, so no Ray is needed) and `dyntrain report`. Steps (<device>: e.g.
               --policies full,dynamic, each mode first checked against an fp32 eager reference over 50
               optimiser steps -> results/bench/<device>.json and <device>.profile.txt. The fastest
               correct mode (dynamic images/s) is the compile mode of every run after this step.
-  parity      3-epoch dynamic runs (5,000 images) on the CPU and in every compile mode here, same seed:
-              whether subset sizes, resample decisions and beta_n match the CPU's, epoch by epoch.
+  parity      3-epoch dynamic runs (10,000 images, batch 128) on the CPU and in every compile mode here,
+              same seed: whether subset sizes, resample decisions and beta_n match the CPU's, epoch by epoch.
   bench_resnet18  the same for --model resnet18 -> results/bench/<device>-resnet18.json (not with --smoke).
   fractional  N concurrent runs (full data, a few epochs), each capped to 1/N of the GPU's memory as a
               trial with gpus=1/N is, against one alone: images/s of each and in all, every capped run's
@@ -38,7 +38,8 @@ repacked after every step and every finished run. Unpack it with `tar -xzf gpu-c
 
 To continue: pass the previous call's tarball as --continue-from (the launcher passes
 .devdata/gpu-check-prev.tar.gz when it exists). It is unpacked into an empty work folder; steps marked
-done are skipped, finished runs (summary.json) are kept, and the other runs continue with --resume.
+done are skipped, finished runs (summary.json) are kept, and the others start again (their checkpoints
+are not packed; runs continued in the same work folder resume from theirs).
 At the deadline the running commands get SIGINT, then are killed, and the reports are written.
 """
 
@@ -64,15 +65,15 @@ import torch
 
 from dyntrain.data import load_dataset
 from dyntrain.engine import resolve_device
-from dyntrain.runs import CHECKPOINT, CONFIG_JSON, METRICS_CSV, SUMMARY, atomic_write, environment, write_json
+from dyntrain.runs import CHECKPOINT, METRICS_CSV, SUMMARY, atomic_write, environment, write_json
 
 STEPS = ("bench", "parity", "bench_resnet18", "fractional", "baselines", "grid")
 POLICIES = ("full", "static", "dynamic", "variant", "random")
 BUNDLE = "gpu-check.tar.gz"
 FULL = dict(limits=[], device=[], batch=512, epochs=200, alpha=25_000, seeds=(0, 1), grid_alphas=(15_000, 20_000, 25_000),
             betas=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), modes="none,default,cudagraphs", check_steps=50,
-            parity=["--epochs", "3", "--alpha", "2500", "--delta", "0.05", "--train-limit", "5000", "--val-size", "1000",
-                    "--test-limit", "1000"],
+            parity=["--epochs", "3", "--alpha", "5000", "--delta", "0.05", "--train-limit", "11000", "--val-size", "1000",
+                    "--test-limit", "1000", "--batch-size", "128"],
             bench=["--epochs", "5", "--plain-epochs", "2", "--workers", "8"], parallel=4, frac_epochs=10, reserve_s=30)
 SMOKE = dict(limits=["--train-limit", "120", "--test-limit", "20", "--val-size", "20"], device=["--device", "cpu"],
              batch=64, epochs=2, alpha=40, seeds=(0,), grid_alphas=(40,), betas=(0.1, 0.7), modes="none,cudagraphs",
@@ -170,7 +171,7 @@ class Check:
 
     def pool(self, jobs: list[tuple[Path, list[str]]], parallel: int, cap: float | None = None) -> dict:
         """`dyntrain train` jobs (folder, options), `parallel` at a time, until all have ended or the
-        deadline: a folder with summary.json is finished and skipped, one with config.json resumed."""
+        deadline: a folder with summary.json is finished and skipped, one with a checkpoint resumed."""
         todo, running, failed = [(f, o) for f, o in jobs if not (f / SUMMARY).exists()], {}, []
         # On the CPU, runs side by side share the cores instead of fighting over them.
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel))} if self.device.type == "cpu" else None
@@ -181,7 +182,9 @@ class Check:
                     break
                 while todo and len(running) < parallel:
                     folder, opts = todo.pop(0)
-                    resume = ["--resume"] if (folder / CONFIG_JSON).exists() else []
+                    resume = ["--resume"] if (folder / CHECKPOINT).exists() else []
+                    if not resume and folder.exists():  # started, but its checkpoint was not packed: again
+                        shutil.rmtree(folder)
                     argv = ["train", "--out", str(folder), *resume, "--no-progress", "--checkpoint-interval-s", "30",
                             "--epochs", str(self.s["epochs"]), "--compile", self.mode, *self.common, *opts]
                     running[folder] = self.spawn(argv, self.log_of(folder), env, cap)

@@ -20,7 +20,7 @@ from typing import Any
 from dyntrain.sampling import POLICIES
 
 PROTOCOLS = ("holdout", "paper")
-COMPILE_MODES = ("none", "default", "cudagraphs")
+COMPILE_MODES = ("auto", "none", "default", "cudagraphs")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "onecycle", "cosine")
 DEVICES = ("auto", "cuda", "cpu")
@@ -74,7 +74,8 @@ class TrainConfig:
     image_budget: int | None = option(None, "stop after the epoch in which this many images were trained on")
     # Speed and bookkeeping.
     device: str = option("auto", "where to train", DEVICES, runtime=True)
-    compile: str = option("none", "none | default (torch.compile) | cudagraphs (the train step in one CUDA graph; "
+    compile: str = option("auto", "auto (cudagraphs on CUDA with adam, the fastest correct mode measured; else "
+                          "none) | none | default (torch.compile) | cudagraphs (the train step in one CUDA graph; "
                           "CUDA only)", COMPILE_MODES, runtime=True)
     checkpoint_every: int | None = option(None, "also checkpoint every N epochs (the last epoch is always saved)", runtime=True)
     checkpoint_interval_s: float | None = option(

@@ -58,9 +58,9 @@ class Trainer:
         self.n_train = len(split.train_idx)
         self.alpha = self.n_train if cfg.policy == "full" else cfg.alpha
         cfg.validate(n_train=self.n_train)
-        self.cfg = cfg
         self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
         cuda = self.device.type == "cuda"
+        self.cfg = cfg = cfg.replace(compile=compile_mode(cfg, self.device))
         if cfg.compile == "cudagraphs" and not cuda:
             raise ConfigError("compile='cudagraphs' is invalid on the CPU: it needs a CUDA device")
 
@@ -268,6 +268,14 @@ class Trainer:
             "final": self.history[-1] if self.history else {},
             "total_time_s": self.history[-1]["wall_time_s"] if self.history else 0.0,
         }
+
+
+def compile_mode(cfg: TrainConfig, device: torch.device) -> str:
+    """`cfg.compile`, with auto resolved: the captured CUDA-graph step on CUDA (checked against an fp32
+    reference and measured fastest: docs/benchmarks.md) unless the optimiser cannot be captured."""
+    if cfg.compile != "auto":
+        return cfg.compile
+    return "cudagraphs" if device.type == "cuda" and cfg.optimizer == "adam" else "none"
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps: int):

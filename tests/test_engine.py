@@ -11,7 +11,7 @@ import torch
 from dyntrain import augment
 from dyntrain.config import ConfigError, TrainConfig
 from dyntrain.data import load_dataset
-from dyntrain.engine import CheckpointSchedule, Trainer, epoch_batches
+from dyntrain.engine import CheckpointSchedule, Trainer, compile_mode, epoch_batches
 from dyntrain.model import PaperNet
 from dyntrain.runs import METRICS, load_checkpoint, save_checkpoint
 
@@ -179,6 +179,17 @@ def test_alpha_is_checked_against_the_training_split(data):
 def test_cudagraphs_needs_cuda(data):
     with pytest.raises(ConfigError, match="cudagraphs"):
         Trainer(tiny(compile="cudagraphs"), data)
+
+
+def test_compile_auto_is_the_captured_step_on_cuda_and_eager_elsewhere(data):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert TrainConfig().compile == "auto"
+    assert compile_mode(TrainConfig(), cuda) == "cudagraphs"
+    assert compile_mode(TrainConfig(optimizer="sgd"), cuda) == "none"  # torch's SGD cannot be captured
+    assert compile_mode(TrainConfig(), cpu) == "none"
+    assert compile_mode(TrainConfig(compile="default"), cuda) == "default"  # an explicit mode is kept
+    trainer = Trainer(tiny(compile="auto"), data)
+    assert trainer.cfg.compile == "none" and trainer._forward is trainer.model  # what ran is recorded
 
 
 def test_augmentation_is_a_flip_and_a_shift():
