@@ -151,15 +151,19 @@ def tune(argv: Sequence[str]) -> int:
     p.add_argument("--dashboard", action="store_true", help="start the local Ray with its dashboard on 127.0.0.1:8265")
     p.add_argument("--tracker", choices=dtune.TRACKERS, help="also log every trial to this tracker (pip install 'dyntrain[mlflow]')")
     p.add_argument("--tracking-uri", help="mlflow: tracking store or server [sqlite mlflow.db in the experiment folder]")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2, 3), default=0, help="Ray Tune's own console: 0 none (one "
+                   "progress line over the search, off with --no-progress), 1 its status table, 2 also each trial's "
+                   "config and result boxes [0]")
     p.add_argument("--live-report-s", type=float, default=10.0, help="rewrite report.html in the experiment folder at most "
                    "this often while trials run; 0: no page [10]")
     add_config_options(p)
     args = p.parse_args(argv)
 
     overrides = config_values(args)
-    kwargs = {k: v for k, v in vars(args).items() if k not in overrides and k != "space"}
+    progress = overrides.pop("progress", True)  # --no-progress: no line over the search (trials never draw bars)
+    kwargs = {k: v for k, v in vars(args).items() if k not in overrides and k not in ("space", "progress")}
     kwargs["live_report_s"] = kwargs["live_report_s"] or None
-    results = dtune.search(args.space, overrides=overrides, **kwargs)
+    results = dtune.search(args.space, overrides=overrides, progress=progress, **kwargs)
     if dtune.unfinished_trials(results.experiment_path):
         print("dyntrain tune: interrupted with trials unfinished; run the same command with --resume to continue",
               file=sys.stderr)

@@ -217,7 +217,7 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
            name: str | None = None, resume: bool = False, max_failures: int = 0, address: str | None = None,
            dashboard: bool = False, callbacks: Sequence[Any] = (), tracker: str | None = None,
            tracking_uri: str | None = None, live_report_s: float | None = 10.0, overrides: dict | None = None,
-           model: Any = None, reuse_actors: bool = True, verbose: int = 1):
+           model: Any = None, reuse_actors: bool = True, progress: bool = True, verbose: int = 0):
     """Run a search and return Ray Tune's ResultGrid; everything is validated before Ray starts.
 
     space: "paper-grid", "baselines", a YAML file, or a dict (YAML-style values or Ray domains);
@@ -241,6 +241,8 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
     reuse_actors: a trial may start in a finished trial's process (torch loaded, CUDA initialised);
       False gives every trial a process of its own where Ray placed its resources, so where trials
       run does not depend on which process happens to be free first.
+    progress: one refreshing line (`dyntrain.console.SearchProgress`); verbose: Tune's own console
+      (1: its status table, 2: also each trial's config and result boxes).
     """
     address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address is None:
@@ -276,6 +278,10 @@ def search(space: str | dict[str, Any] = "paper-grid", *, search: Any = "grid", 
 
     num_samples = num_samples or (20 if search == "optuna" else 1)
     search_alg, num_samples = _searcher(search, p, metric, mode, p.seeds, num_samples, max_concurrent, search_seed)
+    if progress:
+        from dyntrain.console import SearchProgress  # imports Ray: see the note at the top
+
+        callbacks.append(SearchProgress.of(p.space, search, num_samples, metric, mode))
     if scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler  # late: see the note on Ray at the top
 

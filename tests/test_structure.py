@@ -22,7 +22,7 @@ LAYERS = [
     {"engine", "tables", "spaces"},
     {"figures", "bench", "claims"},
     {"page"},
-    {"live"},
+    {"live", "console"},
     {"tune"},
     {"cli"},
 ]
